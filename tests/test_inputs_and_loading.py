@@ -1,0 +1,127 @@
+"""Bad input gets a clear ValueError; named models and releases resolve without the network."""
+
+from __future__ import annotations
+
+import threading
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import PROMPT
+from token_trace import COLUMNS, LoadError, compute_node_attribution, loading
+from token_trace.loading import SAESpec
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"text": ""}, "empty"),
+        ({"text": "   "}, "empty"),
+        ({"text": " ".join(["John"] * 30)}, "reads at most"),
+        ({"answer": " Mary went", "contrast": " John"}, "is 2 tokens"),
+        ({"answer": " Mary", "contrast": " store ,"}, "is 2 tokens"),
+        ({"contrast": " John"}, "needs an answer"),
+        ({"answer": " Mary", "contrast": " Mary"}, "same token"),
+        ({"answer": ""}, "empty"),
+        ({"metric": "accuracy"}, "Unknown metric"),
+        ({"method": "shapley"}, "Unknown method"),
+        ({"method": "ig", "ig_steps": 0}, "at least 1"),
+        ({"baseline_text": "When John"}, "same number of tokens"),
+        ({"text": torch.zeros(2, 3, dtype=torch.long)}, "1 x T"),
+        ({"text": torch.tensor([[0, 10_000]])}, "must lie in"),
+        ({"text": torch.tensor([[3]])}, "at least two tokens"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(model, saes, kwargs, message):
+    kwargs = {"text": PROMPT, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        compute_node_attribution(model=model, saes=saes, **kwargs)
+
+
+def test_table_schema_and_metadata(model, saes):
+    df = compute_node_attribution(PROMPT, model, saes, answer=" Mary")
+    assert list(df.columns) == [*COLUMNS, "neuronpedia_url"]
+    assert df["layer"].dtype.kind == "i" and df["position"].dtype.kind == "i"
+    assert set(df["node_type"]) == {"feature", "error"}
+    errors = df[df.node_type == "error"]
+    assert (errors.feature == -1).all() and errors.neuronpedia_url.isna().all()
+    assert errors.groupby("hook_name", observed=True).size().eq(len(df.attrs["tokens"])).all()
+    features = df[df.node_type == "feature"]
+    assert (features.activation > 0).all()
+    assert features.neuronpedia_url.str.startswith("https://www.neuronpedia.org/tiny-test/").all()
+    assert df.attrs["tokens"][0] == "<|endoftext|>" and df.attrs["bos_position"] == 0
+    assert df.attrs["target"] == " Mary" and df.attrs["method"] == "atp"
+    assert len(df.attrs["top_predictions"]) == 10
+    assert sorted(df.layer.unique()) == [0, 1, 2]  # resid_post of block 1 is layer 2
+
+
+def test_concurrent_calls_never_mix(model, saes):
+    prompts = [PROMPT, "When Mary and John went to the store , Mary gave a drink to"] * 3
+    expected = [compute_node_attribution(p, model, saes) for p in prompts]
+    results: list[pd.DataFrame | None] = [None] * len(prompts)
+
+    def work(index: int) -> None:
+        method = "ig" if index % 2 else "atp"
+        results[index] = compute_node_attribution(prompts[index], model, saes, method=method)
+        if method == "atp":
+            pd.testing.assert_frame_equal(results[index], expected[index])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, result in enumerate(results):
+        assert result is not None and result.attrs["tokens"] == expected[index].attrs["tokens"]
+    assert not any(hook_point.fwd_hooks for hook_point in model.hook_dict.values())
+
+
+def test_gpt2_release_resolves_offline():
+    specs = loading.resolve_sae_specs(None, "gpt2-small")
+    assert [s.sae_id for s in specs] == [f"blocks.{i}.hook_resid_pre" for i in range(12)] + [
+        "blocks.11.hook_resid_post"
+    ]
+    assert loading.model_kwargs_for_release("gpt2-small-res-jb") == {"center_writing_weights": True}
+    info = loading.release_info("gpt2-small-res-jb")
+    assert info.neuronpedia_id["blocks.11.hook_resid_post"] == "gpt2-small/12-res-jb"
+    loading.check_release_matches_model(specs, "gpt2")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: loading.resolve_sae_specs("gpt2-small-res-jbb", "gpt2-small"), "Did you mean"),
+        (
+            lambda: loading.resolve_sae_specs(
+                [("gpt2-small-res-jb", "blocks.99.hook_resid_pre")], "gpt2"
+            ),
+            "has no SAE",
+        ),
+        (lambda: loading.resolve_sae_specs(None, "pythia-70m"), "No default SAE release"),
+        (lambda: loading.load_model("gpt-7-giant"), "Unknown model"),
+        (
+            lambda: loading.check_release_matches_model(
+                [SAESpec("gpt2-small-res-jb", "blocks.0.hook_resid_pre")], "pythia-70m"
+            ),
+            "trained on",
+        ),
+    ],
+)
+def test_unknown_names_are_clear_value_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_wrong_hook_is_a_clear_error(model, saes):
+    moved = {"blocks.7.hook_resid_pre": next(iter(saes.values()))}
+    with pytest.raises(ValueError, match="no hook point"):
+        compute_node_attribution(PROMPT, model, moved)
+
+
+def test_download_failure_is_a_load_error(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(LoadError, match="ioi-demo"):
+        loading.load_saes([SAESpec("gpt2-small-res-jb", "blocks.3.hook_resid_pre")], device="cpu")

@@ -1,0 +1,267 @@
+"""The engine: metric gradients at the SAE hook points, and node attributions from them.
+
+An SAE splits the activation at its hook into nodes, `x = sum_i f_i d_i + b_dec + e`: one node per
+active feature `f_i` (decoder row `d_i`) and one error node `e` per position. With the metric's true
+gradient `g = dm/dx` at the hook, the gradient along a feature is `d_i . g` and along the error `g`
+itself, so attribution patching (Marks et al. 2024) needs no SAE in the forward pass at all: one
+forward and one backward through the unmodified model give `g` at every hook at once, and each SAE
+only encodes its activation. The estimate of `m(clean) - m(node patched)` is then
+`(f_i - f_i') (d_i . g)` for a feature and `(e - e') . g` for an error, where the primes are the
+baseline (zero, or a counterfactual prompt).
+
+Integrated gradients replace `g` by its average over activations interpolated, one SAE layer at a
+time, between the clean and the baseline activation (recomputing only the blocks above that layer).
+
+Results stay sparse: only active features get a row, and no `T x d_sae` gradient table is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from sae_lens import SAE
+from transformer_lens import HookedTransformer
+from transformer_lens.hook_points import HookPoint
+
+from token_trace.hooks import block_index, final_residual, hooked, logits_at
+from token_trace.metrics import Metric
+
+METHODS = ("atp", "ig")
+
+
+@dataclass(frozen=True)
+class NodeTensors:
+    """All nodes of all SAEs as flat, aligned 1-D tensors (error nodes have `feature == -1`)."""
+
+    hook_index: torch.Tensor
+    position: torch.Tensor
+    feature: torch.Tensor
+    activation: torch.Tensor
+    baseline_activation: torch.Tensor
+    gradient: torch.Tensor
+    attribution: torch.Tensor
+
+    @classmethod
+    def concat(cls, parts: list[NodeTensors]) -> NodeTensors:
+        return cls(*(torch.cat(column) for column in zip(*(vars(p).values() for p in parts))))
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """What one engine run produces: the nodes, the metric, and the model's next-token logits."""
+
+    hook_names: list[str]
+    nodes: NodeTensors
+    metric_value: float
+    baseline_metric_value: float | None
+    last_logits: torch.Tensor
+
+
+@dataclass
+class _Pass:
+    """Activations (and gradients) captured at the hooks during one run."""
+
+    metric: torch.Tensor
+    acts: dict[str, torch.Tensor]
+    grads: dict[str, torch.Tensor]
+    resid_pre: dict[int, torch.Tensor]
+    last_logits: torch.Tensor
+
+
+def _run(
+    model: HookedTransformer,
+    tokens: torch.Tensor,
+    hook_names: list[str],
+    metric: Metric,
+    *,
+    with_grads: bool,
+    resid_pre_layers: set[int] = frozenset(),
+) -> _Pass:
+    """One forward (and, with grads, one backward) pass capturing every hook at once."""
+    acts: dict[str, torch.Tensor] = {}
+    resid_pre: dict[int, torch.Tensor] = {}
+
+    def capture(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        if with_grads and not act.requires_grad:
+            # Nothing upstream needs a gradient (frozen weights): make the hook a leaf.
+            act = act.detach().requires_grad_(True)
+        acts[hook.name] = act
+        return act
+
+    def capture_resid(act: torch.Tensor, hook: HookPoint) -> None:
+        resid_pre[block_index(hook.name)] = act.detach()
+
+    fwd_hooks = [(name, capture) for name in hook_names]
+    fwd_hooks += [(f"blocks.{layer}.hook_resid_pre", capture_resid) for layer in resid_pre_layers]
+    with torch.set_grad_enabled(with_grads), hooked(model, fwd_hooks):
+        residual = final_residual(model, tokens)
+        value = metric(logits_at(model, residual, metric.positions))
+        with torch.no_grad():
+            last_logits = logits_at(model, residual, [tokens.shape[1] - 1])[0, 0]
+        grads: dict[str, torch.Tensor] = {}
+        if with_grads:
+            inputs = [acts[name] for name in hook_names]
+            found = torch.autograd.grad(value.sum(), inputs, allow_unused=True)
+            for name, act, grad in zip(hook_names, inputs, found):
+                grads[name] = torch.zeros_like(act) if grad is None else grad
+    return _Pass(
+        value.detach(),
+        {name: act.detach()[0] for name, act in acts.items()},
+        {name: grad[0] for name, grad in grads.items()},
+        resid_pre,
+        last_logits,
+    )
+
+
+def _integrated_gradient(
+    model: HookedTransformer,
+    tokens: torch.Tensor,
+    hook_name: str,
+    clean: torch.Tensor,
+    patch: torch.Tensor,
+    resid_pre: dict[int, torch.Tensor],
+    metric: Metric,
+    steps: int,
+) -> torch.Tensor:
+    """Mean metric gradient at `hook_name` over `steps` points from clean towards patch.
+
+    Only this hook's activation is interpolated; everything above it is recomputed and everything
+    below stays clean, so the run starts at the hook's own block.
+    """
+    alphas = torch.arange(steps, device=clean.device, dtype=clean.dtype) / steps
+    alphas = alphas.view(-1, *([1] * clean.ndim))
+    interpolated = (clean + alphas * (patch - clean)).requires_grad_(True)
+
+    def replace(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        return interpolated.to(act.dtype)
+
+    layer = block_index(hook_name)
+    if layer is None:
+        start, inputs = None, tokens.expand(steps, -1)
+    else:
+        start, inputs = layer, resid_pre[layer].expand(steps, -1, -1)
+    with torch.enable_grad(), hooked(model, [(hook_name, replace)]):
+        residual = final_residual(model, inputs, start_at_layer=start)
+        values = metric(logits_at(model, residual, metric.positions))
+        (grad,) = torch.autograd.grad(values.sum(), interpolated)
+    return grad.mean(0)
+
+
+def _reconstruction(
+    sae: SAE, position: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, n_pos: int
+) -> torch.Tensor:
+    """`f @ W_dec + b_dec` from the active entries only (`rows` = their decoder rows)."""
+    out = torch.zeros(n_pos, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    out.index_add_(0, position, values.unsqueeze(1) * rows)
+    return out + sae.b_dec
+
+
+@torch.no_grad()
+def layer_nodes(
+    sae: SAE,
+    hook_index: int,
+    act: torch.Tensor,
+    grad: torch.Tensor,
+    baseline_act: torch.Tensor | None,
+) -> NodeTensors:
+    """Nodes of one SAE at every position: active features, then one error node per position.
+
+    `act`, `grad` and `baseline_act` are `[pos, ...]` activations at the hook (flattened here).
+    A feature is a node where it is active in the clean run or in the baseline run.
+    """
+    n_pos = act.shape[0]
+    x = act.reshape(n_pos, -1).to(sae.dtype)
+    g = grad.reshape(n_pos, -1).to(sae.dtype)
+    f = sae.encode(x)
+    f_base = (
+        None if baseline_act is None else sae.encode(baseline_act.reshape(n_pos, -1).to(sae.dtype))
+    )
+    active = f != 0 if f_base is None else (f != 0) | (f_base != 0)
+    position, feature = active.nonzero(as_tuple=True)
+    rows = sae.W_dec[feature]
+    value = f[position, feature]
+    base_value = torch.zeros_like(value) if f_base is None else f_base[position, feature]
+    feature_grad = (rows * g[position]).sum(-1)
+
+    error = x - _reconstruction(sae, position, rows, value, n_pos)
+    if f_base is None:
+        base_error = torch.zeros_like(error)
+    else:
+        base_x = baseline_act.reshape(n_pos, -1).to(sae.dtype)
+        base_error = base_x - _reconstruction(sae, position, rows, base_value, n_pos)
+    error_norm = error.norm(dim=-1)
+    error_grad = (error * g).sum(-1) / error_norm.clamp_min(torch.finfo(error.dtype).tiny)
+    error_attr = ((error - base_error) * g).sum(-1)
+
+    all_pos = torch.arange(n_pos, device=x.device)
+    n_feat = position.shape[0]
+    return NodeTensors(
+        hook_index=torch.full((n_feat + n_pos,), hook_index, device=x.device),
+        position=torch.cat([position, all_pos]),
+        feature=torch.cat([feature, torch.full_like(all_pos, -1)]),
+        activation=torch.cat([value, error_norm]).float(),
+        baseline_activation=torch.cat([base_value, base_error.norm(dim=-1)]).float(),
+        gradient=torch.cat([feature_grad, error_grad]).float(),
+        attribution=torch.cat([(value - base_value) * feature_grad, error_attr]).float(),
+    )
+
+
+def attribute(
+    model: HookedTransformer,
+    saes: Mapping[str, SAE],
+    tokens: torch.Tensor,
+    metric: Metric,
+    *,
+    method: str = "atp",
+    ig_steps: int = 10,
+    baseline_tokens: torch.Tensor | None = None,
+) -> Attribution:
+    """Attribute `metric` on `tokens` (`[1, T]`) to every node of every SAE in `saes`."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
+    if method == "ig" and ig_steps < 1:
+        raise ValueError("ig_steps must be at least 1.")
+    hook_names = list(saes)
+    layers = {block_index(name) for name in hook_names} - {None}
+    clean = _run(
+        model,
+        tokens,
+        hook_names,
+        metric,
+        with_grads=method == "atp",
+        resid_pre_layers=layers if method == "ig" else frozenset(),
+    )
+    baseline = None
+    if baseline_tokens is not None:
+        baseline = _run(model, baseline_tokens, hook_names, metric, with_grads=False)
+
+    parts = []
+    for index, name in enumerate(hook_names):
+        sae = saes[name]
+        act = clean.acts[name]
+        base_act = None if baseline is None else baseline.acts[name]
+        if method == "atp":
+            grad = clean.grads[name]
+        else:
+            # The zero baseline sets every feature and the error to 0, leaving x = b_dec.
+            patch = base_act if base_act is not None else sae.b_dec.to(act.dtype).expand_as(act)
+            grad = _integrated_gradient(
+                model,
+                tokens,
+                name,
+                act,
+                patch.reshape(act.shape),
+                clean.resid_pre,
+                metric,
+                ig_steps,
+            )
+        parts.append(layer_nodes(sae, index, act, grad, base_act))
+    return Attribution(
+        hook_names=hook_names,
+        nodes=NodeTensors.concat(parts),
+        metric_value=float(clean.metric[0]),
+        baseline_metric_value=None if baseline is None else float(baseline.metric[0]),
+        last_logits=clean.last_logits,
+    )

@@ -1,0 +1,72 @@
+"""Running a model with temporary hooks, and reading logits at a few positions only.
+
+TransformerLens hooks live on the model's modules, so two threads using one model at once would see
+each other's hooks. Every hooked run therefore holds the model's lock: concurrent requests on one
+model queue up instead of mixing (on a GPU they would run one after the other anyway).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from transformer_lens import HookedTransformer
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.utilities.activation_functions import apply_softcap
+
+HookFn = Callable[[torch.Tensor, HookPoint], torch.Tensor | None]
+
+_locks: weakref.WeakKeyDictionary[HookedTransformer, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: HookedTransformer) -> threading.RLock:
+    """The one lock that every hooked run of `model` holds."""
+    with _locks_guard:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = _locks[model] = threading.RLock()
+        return lock
+
+
+@contextmanager
+def hooked(model: HookedTransformer, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
+    """Add forward hooks for the duration of the block, holding the model's lock."""
+    with model_lock(model), model.hooks(fwd_hooks=list(fwd_hooks)):
+        yield
+
+
+def block_index(hook_name: str) -> int | None:
+    """The block a hook sits in (`blocks.L.*` -> L), or None for hooks outside the blocks."""
+    match = re.match(r"blocks\.(\d+)\.", hook_name)
+    return int(match.group(1)) if match else None
+
+
+def final_residual(
+    model: HookedTransformer, inputs: torch.Tensor, start_at_layer: int | None = None
+) -> torch.Tensor:
+    """The residual stream after the last block, `[batch, pos, d_model]`, without unembedding.
+
+    `inputs` are token ids, or the residual stream entering block `start_at_layer`. The run holds
+    the model's lock, so no other thread's hooks can fire in it.
+    """
+    with model_lock(model):
+        return model(inputs, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers)
+
+
+def logits_at(
+    model: HookedTransformer, residual: torch.Tensor, positions: Sequence[int] | None
+) -> torch.Tensor:
+    """Logits `[batch, len(positions), d_vocab]` from the final residual stream (all if None).
+
+    The final norm and the unembedding act on each position alone, so slicing first is exact.
+    """
+    if positions is not None:
+        residual = residual[:, list(positions)]
+    if model.cfg.normalization_type is not None:
+        residual = model.ln_final(residual)
+    return apply_softcap(model.unembed(residual), model.cfg.output_logits_soft_cap)

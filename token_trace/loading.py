@@ -1,0 +1,221 @@
+"""Models and SAEs by name.
+
+Everything that touches the network lives here: TransformerLens's `from_pretrained` for models and
+the SAELens registry for SAE releases. The bundled offline model (`ioi-demo`) is served from files
+inside the package through the same SAELens disk loader a downloaded release goes through. Loaded
+objects are cached per (name, device) because loading GPT-2 small and its 13 SAEs takes far longer
+than an attribution run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from sae_lens import SAE
+from sae_lens.loading.pretrained_saes_directory import (
+    PretrainedSAELookup,
+    get_pretrained_saes_directory,
+)
+from transformer_lens import HookedTransformer
+from transformer_lens.loading_from_pretrained import get_official_model_name
+
+DEFAULT_MODEL = "gpt2-small"
+
+#: The model (and SAE release) that ships inside the package and needs no network.
+BUNDLED_MODEL = "ioi-demo"
+
+#: The SAE release used when a caller names a model but no SAEs.
+DEFAULT_RELEASES: dict[str, str] = {
+    "gpt2": "gpt2-small-res-jb",
+    "gpt2-small": "gpt2-small-res-jb",
+    BUNDLED_MODEL: BUNDLED_MODEL,
+}
+
+
+class LoadError(RuntimeError):
+    """A known model or SAE could not be fetched (no network, hub down, out of disk)."""
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """Where one SAE comes from: a SAELens release and the id of one SAE inside it."""
+
+    release: str
+    sae_id: str
+
+
+def default_device() -> str:
+    """CUDA when present, else CPU: attribution is matrix work that a GPU does far faster."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def is_bundled(model_name: str) -> bool:
+    return model_name == BUNDLED_MODEL
+
+
+def release_info(release: str) -> PretrainedSAELookup:
+    """The SAELens registry entry of `release`, or a ValueError that suggests near names."""
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        close = difflib.get_close_matches(release, list(directory), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"Unknown SAE release {release!r}: it is not in SAELens's registry.{hint}")
+    return directory[release]
+
+
+def release_sae_ids(release: str) -> list[str]:
+    """The SAE ids a release holds, in the registry's (layer) order."""
+    if release == BUNDLED_MODEL:
+        return list(_demo_saes("cpu"))
+    return list(release_info(release).saes_map)
+
+
+def release_model(release: str) -> str:
+    """The model a release's SAEs were trained on."""
+    if release == BUNDLED_MODEL:
+        return BUNDLED_MODEL
+    return release_info(release).model
+
+
+def model_kwargs_for_release(release: str) -> dict[str, object]:
+    """The `from_pretrained` processing a release's SAEs expect (e.g. centred writing weights)."""
+    if release == BUNDLED_MODEL:
+        return {}
+    overrides = release_info(release).config_overrides or {}
+    return dict(overrides.get("model_from_pretrained_kwargs", {}) or {})
+
+
+def _canonical_model_name(name: str) -> str:
+    if is_bundled(name):
+        return name
+    try:
+        return get_official_model_name(name)
+    except ValueError as err:
+        raise ValueError(
+            f"Unknown model {name!r}: TransformerLens has no such model "
+            f"(try 'gpt2-small', or {BUNDLED_MODEL!r} offline)."
+        ) from err
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    device: str | None = None,
+    release: str | None = None,
+) -> HookedTransformer:
+    """A model by name, with the weight processing its SAE release was trained on.
+
+    `release` defaults to the model's default SAE release; its `model_from_pretrained_kwargs` decide
+    how TransformerLens processes the weights, because SAEs trained on a processed model read
+    activations in that model's basis.
+    """
+    device = device or default_device()
+    canonical = _canonical_model_name(name)
+    release = release or DEFAULT_RELEASES.get(name)
+    kwargs = model_kwargs_for_release(release) if release else {}
+    return _load_model_cached(canonical, device, tuple(sorted(kwargs.items())))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model_cached(
+    canonical: str, device: str, kwargs: tuple[tuple[str, object], ...]
+) -> HookedTransformer:
+    if is_bundled(canonical):
+        from token_trace import demo  # imported on demand: most users never need it
+
+        return demo.load_demo_model(device=device)
+    try:
+        model = HookedTransformer.from_pretrained(canonical, device=device, **dict(kwargs))
+    except Exception as err:  # the hub raises many types; all mean the same to a user
+        raise LoadError(
+            f"Could not load model {canonical!r} from the Hugging Face hub ({type(err).__name__}: "
+            f"{err}). Offline, use model={BUNDLED_MODEL!r}, which ships with token-trace."
+        ) from err
+    return model.eval()
+
+
+def resolve_sae_specs(
+    saes: str | Sequence[tuple[str, str]] | None, model_name: str
+) -> list[SAESpec]:
+    """Turn the `saes` argument into (release, sae_id) pairs, checking them against the registry."""
+    if saes is None:
+        if model_name not in DEFAULT_RELEASES:
+            raise ValueError(
+                f"No default SAE release is known for model {model_name!r}; pass saes= a SAELens "
+                "release name, a list of (release, sae_id) pairs or a {hook_name: SAE} dict."
+            )
+        saes = DEFAULT_RELEASES[model_name]
+    if isinstance(saes, str):
+        return [SAESpec(saes, sae_id) for sae_id in release_sae_ids(saes)]
+    specs = [SAESpec(release, sae_id) for release, sae_id in saes]
+    if not specs:
+        raise ValueError("saes= is an empty list: name at least one (release, sae_id) pair.")
+    for spec in specs:
+        known = release_sae_ids(spec.release)
+        if spec.sae_id not in known:
+            close = difflib.get_close_matches(spec.sae_id, known, n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"Release {spec.release!r} has no SAE {spec.sae_id!r}.{hint}")
+    return specs
+
+
+def check_release_matches_model(specs: Sequence[SAESpec], model_name: str) -> None:
+    """Refuse SAEs trained on another model: their features would read meaningless activations."""
+    wanted = _canonical_model_name(model_name)
+    for release in {spec.release for spec in specs}:
+        trained_on = _canonical_model_name(release_model(release))
+        if trained_on != wanted:
+            raise ValueError(
+                f"SAE release {release!r} was trained on {release_model(release)!r}, "
+                f"not on {model_name!r}."
+            )
+
+
+def load_saes(specs: Sequence[SAESpec], device: str | None = None) -> dict[str, SAE]:
+    """Load SAEs (cached), keyed by the hook name each one reads, in the order given."""
+    device = device or default_device()
+    loaded: dict[str, SAE] = {}
+    for spec in specs:
+        sae = _load_sae_cached(spec.release, spec.sae_id, device)
+        hook_name = sae.cfg.metadata.hook_name
+        if hook_name in loaded:
+            raise ValueError(f"Two SAEs read the same hook {hook_name!r}; pick one per hook.")
+        loaded[hook_name] = sae
+    return loaded
+
+
+@functools.lru_cache(maxsize=64)
+def _load_sae_cached(release: str, sae_id: str, device: str) -> SAE:
+    if release == BUNDLED_MODEL:
+        return _demo_saes(device)[sae_id]
+    try:
+        sae = SAE.from_pretrained(release, sae_id, device=device)
+    except Exception as err:
+        raise LoadError(
+            f"Could not load SAE {sae_id!r} of release {release!r} ({type(err).__name__}: {err}). "
+            f"Offline, use model={BUNDLED_MODEL!r}, which ships with its own SAEs."
+        ) from err
+    return sae.eval()
+
+
+@functools.lru_cache(maxsize=2)
+def _demo_saes(device: str) -> dict[str, SAE]:
+    from token_trace import demo
+
+    return demo.load_demo_saes(device=device)
+
+
+def check_saes_fit_model(saes: Mapping[str, SAE], model: HookedTransformer) -> None:
+    """Each SAE must read an existing hook and have a linear decoder the engine can invert."""
+    for hook_name, sae in saes.items():
+        if hook_name not in model.hook_dict:
+            raise ValueError(f"The model has no hook point {hook_name!r} for an SAE to read.")
+        if sae.cfg.normalize_activations != "none":
+            raise ValueError(
+                f"The SAE at {hook_name!r} normalises activations at run time "
+                f"({sae.cfg.normalize_activations!r}); token-trace needs SAEs whose reconstruction "
+                "is features @ W_dec + b_dec."
+            )

@@ -1,0 +1,131 @@
+"""`compute_node_attribution`: from a prompt and names to the node table, in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+from sae_lens import SAE
+from transformer_lens import HookedTransformer
+
+from token_trace import loading
+from token_trace.attribution import attribute
+from token_trace.nodes import SAEInfo, node_frame, residual_layer
+from token_trace.prompts import TextOrTokens, prepare_baseline, prepare_prompt, str_tokens
+
+SAEArgument = str | Sequence[tuple[str, str]] | Mapping[str, SAE] | None
+N_TOP_PREDICTIONS = 10
+
+
+def resolve(
+    model: str | HookedTransformer, saes: SAEArgument, device: str | None
+) -> tuple[HookedTransformer, str, dict[str, SAE], list[SAEInfo]]:
+    """The model object, its name, the SAEs by hook, and what the table says about each SAE."""
+    if isinstance(model, HookedTransformer):
+        model_obj, model_name = model, model.cfg.model_name
+    else:
+        model_name = model
+    if isinstance(saes, Mapping):
+        if not isinstance(model, HookedTransformer):
+            model_obj = loading.load_model(model_name, device)
+        sae_dict = dict(saes)
+        ids = {hook: sae.cfg.metadata.get("sae_id") or hook for hook, sae in sae_dict.items()}
+    else:
+        specs = loading.resolve_sae_specs(saes, model_name)
+        loading.check_release_matches_model(specs, model_name)
+        if not isinstance(model, HookedTransformer):
+            model_obj = loading.load_model(model_name, device, release=specs[0].release)
+        sae_dict = loading.load_saes(specs, device=str(model_obj.cfg.device))
+        ids = {hook: spec.sae_id for hook, spec in zip(sae_dict, specs)}
+    loading.check_saes_fit_model(sae_dict, model_obj)
+    model_device = torch.device(model_obj.cfg.device).type
+    for hook, sae in sae_dict.items():
+        if sae.W_dec.device.type != model_device:
+            raise ValueError(
+                f"The SAE at {hook!r} is on {sae.W_dec.device} but the model is on "
+                f"{model_obj.cfg.device}; move one of them."
+            )
+    infos = [
+        SAEInfo(hook, ids[hook], residual_layer(hook), sae.cfg.metadata.get("neuronpedia_id"))
+        for hook, sae in sae_dict.items()
+    ]
+    return model_obj, model_name, sae_dict, infos
+
+
+def compute_node_attribution(
+    text: TextOrTokens,
+    model: str | HookedTransformer = loading.DEFAULT_MODEL,
+    saes: SAEArgument = None,
+    *,
+    answer: str | int | Sequence[int] | None = None,
+    contrast: str | int | Sequence[int] | None = None,
+    metric: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    method: str = "atp",
+    ig_steps: int = 10,
+    baseline_text: TextOrTokens | None = None,
+    device: str | None = None,
+) -> pd.DataFrame:
+    """Attribute a metric on `text` to every active SAE feature and SAE error node.
+
+    Args:
+        text: the prompt, or a `1 x T` tensor of token ids (taken as is, no BOS added).
+        model: a TransformerLens model name (loaded with the processing its SAEs expect), the
+            bundled offline model `"ioi-demo"`, or a ready `HookedTransformer`.
+        saes: None (the model's default SAE release), a SAELens release name, a list of
+            `(release, sae_id)` pairs, or a ready `{hook_name: SAE}` dict.
+        answer: score log p(answer | text) instead of the last token of `text`.
+        contrast: with `answer`, score logit(answer) - logit(contrast) (one token each).
+        metric: "logprob" (default), "loss" (mean next-token loss), or a callable mapping logits
+            `[batch, pos, d_vocab]` to one value per batch row.
+        method: "atp" (attribution patching, one forward and one backward pass) or "ig"
+            (integrated gradients per SAE layer, `ig_steps` steps).
+        baseline_text: a counterfactual prompt of the same token length; nodes are patched to
+            their value on it instead of to zero.
+        device: where to load named models and SAEs (CUDA when present by default).
+
+    Returns:
+        One row per node (see `token_trace.nodes.COLUMNS`); `attribution` estimates
+        `metric(clean) - metric(node set to its baseline)`. `df.attrs` holds the run's metadata.
+    """
+    model_obj, model_name, sae_dict, infos = resolve(model, saes, device)
+    prompt = prepare_prompt(model_obj, text, answer, contrast, metric)
+    baseline_tokens = None
+    if baseline_text is not None:
+        baseline_tokens = prepare_baseline(model_obj, baseline_text, prompt)
+    result = attribute(
+        model_obj,
+        sae_dict,
+        prompt.tokens,
+        prompt.metric,
+        method=method,
+        ig_steps=ig_steps,
+        baseline_tokens=baseline_tokens,
+    )
+    df = node_frame(result, infos, prompt.str_tokens)
+    probs = result.last_logits.float().softmax(-1)
+    top = probs.topk(min(N_TOP_PREDICTIONS, probs.shape[0]))
+    bos = model_obj.tokenizer.bos_token_id if model_obj.tokenizer is not None else None
+    df.attrs.update(
+        {
+            "model": model_name,
+            "saes": [info.sae_id for info in infos],
+            "hook_names": result.hook_names,
+            "tokens": prompt.str_tokens,
+            "token_ids": prompt.tokens[0].tolist(),
+            "bos_position": 0 if bos is not None and int(prompt.tokens[0, 0]) == bos else None,
+            "metric": prompt.metric.name,
+            "metric_description": prompt.metric.description,
+            "metric_value": result.metric_value,
+            "target": prompt.target,
+            "method": method,
+            "ig_steps": ig_steps if method == "ig" else None,
+            "baseline": "zero" if baseline_text is None else "counterfactual",
+            "baseline_metric_value": result.baseline_metric_value,
+            "top_predictions": [
+                {"token": token, "probability": float(p)}
+                for token, p in zip(str_tokens(model_obj, top.indices), top.values.tolist())
+            ],
+        }
+    )
+    return df
