@@ -1,0 +1,350 @@
+"""Attribution speed and memory next to the floor, on a GPT-2-small-shaped model with 13 SAEs.
+
+Nothing is downloaded: the model has GPT-2 small's exact shape with seeded random weights, and the
+13 SAEs have gpt2-small-res-jb's shape and hook points, with encoder biases calibrated so that about
+50 features fire per token, like the real ones. Every number printed is measured in this run:
+
+    python benchmarks/bench_attribution.py                 # CPU, prompts of 16, 64 and 128 tokens
+    python benchmarks/bench_attribution.py --device cuda   # the same on a GPU
+
+Rows, per prompt length (median of --repeats runs after a warm-up, and as a ratio to the floor):
+- forward: the plain forward pass to logits;
+- forward+backward: forward, the metric, backward to every parameter (what a training step costs);
+- floor: the least work node attribution needs: one forward and one backward keeping the gradient
+  at the 13 hooks, the 13 encodes, and gradient . decoder row for the active features only;
+- token-trace atp / ig: `compute_node_attribution` end to end, to the DataFrame;
+- naive: SAEs spliced into the forward pass, dense decoder products, one Python dict per node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import torch
+from sae_lens import SAE, StandardSAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+from safetensors.torch import load_file, save_file
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from token_trace import compute_node_attribution
+from token_trace.hooks import final_residual, logits_at
+from token_trace.metrics import token_logprob
+from token_trace.splice import spliced
+
+HOOKS = [f"blocks.{layer}.hook_resid_pre" for layer in range(12)] + ["blocks.11.hook_resid_post"]
+D_SAE = 24576
+FIRING_PER_TOKEN = 50
+
+
+def gpt2_shaped_model(device: str) -> HookedTransformer:
+    cfg = HookedTransformerConfig(
+        n_layers=12,
+        d_model=768,
+        n_heads=12,
+        d_head=64,
+        d_mlp=3072,
+        d_vocab=50257,
+        n_ctx=1024,
+        act_fn="gelu_new",
+        normalization_type="LNPre",  # GPT-2 as TransformerLens loads it, with folded norms
+        model_name="gpt2-shaped-random",
+        seed=0,
+        device=device,
+    )
+    return HookedTransformer(cfg).eval()
+
+
+def calibrated_saes(model: HookedTransformer, device: str) -> dict[str, SAE]:
+    """Random SAEs whose encoder bias lets about FIRING_PER_TOKEN features fire per token."""
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model.cfg.d_vocab, (1, 128), generator=generator).to(device)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=HOOKS)
+    saes = {}
+    for index, hook in enumerate(HOOKS):
+        cfg = StandardSAEConfig(
+            d_in=768,
+            d_sae=D_SAE,
+            device=device,
+            metadata=SAEMetadata(hook_name=hook, model_name="gpt2-shaped-random"),
+        )
+        sae = StandardSAE(cfg)
+        with torch.no_grad():
+            decoder = torch.randn(D_SAE, 768, generator=generator.manual_seed(index))
+            sae.W_dec.copy_(decoder / decoder.norm(dim=-1, keepdim=True))
+            sae.W_enc.copy_(sae.W_dec.T)
+            sae.b_enc.zero_()
+            sae.b_dec.copy_(cache[hook][0].mean(0))
+            pre = (cache[hook][0] - sae.b_dec) @ sae.W_enc
+            threshold = pre.flatten().float().quantile(1 - FIRING_PER_TOKEN / D_SAE)
+            sae.b_enc.fill_(-float(threshold))
+        saes[hook] = sae.eval()
+    return saes
+
+
+class PeakRSS:
+    """Samples the process's resident memory in a thread: the peak during a block."""
+
+    def __enter__(self) -> PeakRSS:
+        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def timed(fn: Callable[[], object], repeats: int, device: str) -> tuple[float, int, object]:
+    """Median seconds of `repeats` runs after one warm-up, the peak memory they used beyond what
+    was held before them (working memory: activations, gradients, tables), and the last result."""
+    fn()
+    times = []
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        held = torch.cuda.memory_allocated()
+    else:
+        held = psutil.Process().memory_info().rss
+    with PeakRSS() as memory:
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            result = fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else memory.peak
+    return statistics.median(times), max(peak - held, 0), result
+
+
+def floor(model, saes, tokens, metric) -> int:
+    """The least work: hook gradients in one pass, encodes, products for active features only."""
+    acts = {}
+
+    def keep(act, hook):
+        acts[hook.name] = act
+        return act
+
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(hook, keep) for hook in saes]):
+        value = metric(logits_at(model, final_residual(model, tokens), metric.positions))
+        grads = torch.autograd.grad(value.sum(), [acts[hook] for hook in saes])
+    rows = 0
+    with torch.no_grad():
+        for (hook, sae), grad in zip(saes.items(), grads):
+            features = sae.encode(acts[hook][0])
+            position, feature = features.nonzero(as_tuple=True)
+            _ = features[position, feature] * (sae.W_dec[feature] * grad[0][position]).sum(-1)
+            rows += len(position)
+    return rows
+
+
+def naive(model, saes, tokens, metric) -> pd.DataFrame:
+    """A first implementation: SAEs spliced in, dense gradients, a Python loop over nodes."""
+    with torch.enable_grad(), spliced(model, saes) as leaves:
+        logits = model(tokens)
+        value = metric(logits[:, list(metric.positions)])
+        value.sum().backward()
+    records = []
+    for hook in saes:
+        features, errors = leaves.features[hook], leaves.errors[hook]
+        for position, feature in features[0].nonzero().tolist():
+            activation = features[0, position, feature].item()
+            gradient = features.grad[0, position, feature].item()
+            records.append(
+                {
+                    "hook_name": hook,
+                    "position": position,
+                    "feature": feature,
+                    "activation": activation,
+                    "gradient": gradient,
+                    "attribution": activation * gradient,
+                }
+            )
+        for position in range(errors.shape[1]):
+            error, grad = errors[0, position].detach(), errors.grad[0, position]
+            records.append(
+                {
+                    "hook_name": hook,
+                    "position": position,
+                    "feature": -1,
+                    "activation": error.norm().item(),
+                    "gradient": (error @ grad).item() / error.norm().item(),
+                    "attribution": (error @ grad).item(),
+                }
+            )
+    return pd.DataFrame.from_records(records)
+
+
+def forward_backward(model, tokens, metric) -> None:
+    with torch.enable_grad():
+        logits = model(tokens)
+        metric(logits[:, list(metric.positions)]).sum().backward()
+    model.zero_grad(set_to_none=True)
+
+
+def import_seconds() -> float:
+    """Wall time of `import token_trace` in a fresh interpreter."""
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", "import token_trace"],
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return time.perf_counter() - start
+
+
+def load_seconds(model: HookedTransformer, saes: dict[str, SAE], device: str) -> float:
+    """Time to rebuild the model and load its 13 SAEs from local safetensors files."""
+    with tempfile.TemporaryDirectory() as folder:
+        save_file(model.state_dict(), os.path.join(folder, "model.safetensors"))
+        for hook, sae in saes.items():
+            sae.save_model(os.path.join(folder, hook))
+        start = time.perf_counter()
+        loaded = HookedTransformer(model.cfg)
+        loaded.load_state_dict(load_file(os.path.join(folder, "model.safetensors"), device=device))
+        for hook in saes:
+            SAE.load_from_disk(os.path.join(folder, hook), device=device)
+        return time.perf_counter() - start
+
+
+def app_first_result_seconds() -> float | None:
+    """`python app.py` from launch to the first /attribute result on the bundled model."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "app.py").exists():
+        return None
+    from gradio_client import Client
+
+    port = "7893"
+    env = {**os.environ, "GRADIO_SERVER_PORT": port, "GRADIO_SERVER_NAME": "127.0.0.1"}
+    start = time.perf_counter()
+    server = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while time.perf_counter() - start < 300:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                time.sleep(0.5)
+        client.predict(
+            "When Mary and John went to the store, John gave a drink to",
+            "ioi-demo",
+            api_name="/attribute",
+        )
+        return time.perf_counter() - start
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def measure(
+    model: HookedTransformer,
+    saes: dict[str, SAE],
+    length: int,
+    args: argparse.Namespace,
+    weight_bytes: int,
+) -> pd.DataFrame:
+    """Every case on one random prompt of `length` tokens, as a table with ratios to the floor."""
+    tokens = torch.randint(0, model.cfg.d_vocab, (1, length + 1)).to(args.device)
+    prompt, target = tokens[:, :-1], int(tokens[0, -1])
+    metric = token_logprob([target], [length - 1], "benchmark log-prob")
+    cases: dict[str, Callable[[], object]] = {
+        "forward": lambda: model(prompt),
+        "forward+backward": lambda: forward_backward(model, prompt, metric),
+        "floor": lambda: floor(model, saes, prompt, metric),
+        "token-trace atp": lambda: compute_node_attribution(prompt, model, saes),
+        f"token-trace ig{args.ig_steps}": lambda: compute_node_attribution(
+            prompt, model, saes, method="ig", ig_steps=args.ig_steps
+        ),
+    }
+    if not args.skip_naive:
+        cases["naive reference"] = lambda: naive(model, saes, prompt, metric)
+    measured = {}
+    for name, fn in cases.items():
+        repeats = 1 if name == "naive reference" else args.repeats
+        with torch.no_grad() if name == "forward" else torch.enable_grad():
+            seconds, peak, result = timed(fn, repeats, args.device)
+        rows = len(result) if isinstance(result, pd.DataFrame) else None
+        measured[name] = (seconds, peak, rows if rows is not None else result)
+    floor_seconds = measured["floor"][0]
+    return pd.DataFrame(
+        [
+            {
+                "tokens": length,
+                "case": name,
+                "ms": round(seconds * 1000, 1),
+                "x floor": round(seconds / floor_seconds, 2),
+                "rows": rows if isinstance(rows, int) else None,
+                "extra MiB": round(peak / 2**20),
+                "(weights+extra)/weights": round(1 + peak / weight_bytes, 3),
+                "prompts/s": round(1 / seconds, 2),
+            }
+            for name, (seconds, peak, rows) in measured.items()
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 128])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ig-steps", type=int, default=10)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--skip-app", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    device = args.device
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    print(f"import token_trace: {import_seconds():.2f} s")
+    model = gpt2_shaped_model(device)
+    saes = calibrated_saes(model, device)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        p.numel() * p.element_size() for sae in saes.values() for p in sae.parameters()
+    )
+    baseline_rss = psutil.Process().memory_info().rss
+    print(
+        f"weights: {weight_bytes / 2**30:.2f} GiB; process RSS before runs: "
+        f"{baseline_rss / 2**30:.2f} GiB"
+    )
+    print(f"load model + 13 SAEs from safetensors: {load_seconds(model, saes, device):.2f} s")
+
+    for length in args.lengths:
+        table = measure(model, saes, length, args, weight_bytes)
+        print(table.to_string(index=False), flush=True)
+
+    if not args.skip_app:
+        seconds = app_first_result_seconds()
+        if seconds is not None:
+            print(f"app: launch to first result on ioi-demo: {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
