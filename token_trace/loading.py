@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,10 @@ DEFAULT_RELEASES: dict[str, str] = {
     "gpt2-small": "gpt2-small-res-jb",
     BUNDLED_MODEL: BUNDLED_MODEL,
 }
+
+
+#: Loads are slow and large: concurrent first requests wait for one load instead of each doing it.
+_load_lock = threading.Lock()
 
 
 class LoadError(RuntimeError):
@@ -116,7 +121,8 @@ def load_model(
     canonical = _canonical_model_name(name)
     release = release or DEFAULT_RELEASES.get(name)
     kwargs = model_kwargs_for_release(release) if release else {}
-    return _load_model_cached(canonical, device, tuple(sorted(kwargs.items())))
+    with _load_lock:
+        return _load_model_cached(canonical, device, tuple(sorted(kwargs.items())))
 
 
 @functools.lru_cache(maxsize=4)
@@ -179,7 +185,8 @@ def load_saes(specs: Sequence[SAESpec], device: str | None = None) -> dict[str, 
     device = device or default_device()
     loaded: dict[str, SAE] = {}
     for spec in specs:
-        sae = _load_sae_cached(spec.release, spec.sae_id, device)
+        with _load_lock:
+            sae = _load_sae_cached(spec.release, spec.sae_id, device)
         hook_name = sae.cfg.metadata.hook_name
         if hook_name in loaded:
             raise ValueError(f"Two SAEs read the same hook {hook_name!r}; pick one per hook.")
