@@ -67,12 +67,9 @@ def gpt2_shaped_model(device: str) -> HookedTransformer:
     return HookedTransformer(cfg).eval()
 
 
-def calibrated_saes(model: HookedTransformer, device: str) -> dict[str, SAE]:
-    """Random SAEs whose encoder bias lets about FIRING_PER_TOKEN features fire per token."""
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, model.cfg.d_vocab, (1, 128), generator=generator).to(device)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=HOOKS)
+def random_saes(device: str) -> dict[str, SAE]:
+    """13 standard SAEs of gpt2-small-res-jb's shape with unit-norm random decoder rows."""
+    generator = torch.Generator()
     saes = {}
     for index, hook in enumerate(HOOKS):
         cfg = StandardSAEConfig(
@@ -84,15 +81,29 @@ def calibrated_saes(model: HookedTransformer, device: str) -> dict[str, SAE]:
         sae = StandardSAE(cfg)
         with torch.no_grad():
             decoder = torch.randn(D_SAE, 768, generator=generator.manual_seed(index))
-            sae.W_dec.copy_(decoder / decoder.norm(dim=-1, keepdim=True))
+            sae.W_dec.copy_(decoder.to(device) / decoder.norm(dim=-1, keepdim=True).to(device))
             sae.W_enc.copy_(sae.W_dec.T)
-            sae.b_enc.zero_()
-            sae.b_dec.copy_(cache[hook][0].mean(0))
-            pre = (cache[hook][0] - sae.b_dec) @ sae.W_enc
-            threshold = pre.flatten().float().quantile(1 - FIRING_PER_TOKEN / D_SAE)
-            sae.b_enc.fill_(-float(threshold))
         saes[hook] = sae.eval()
     return saes
+
+
+@torch.no_grad()
+def calibrate(model: HookedTransformer, saes: dict[str, SAE], length: int) -> None:
+    """Set each SAE's biases so that FIRING_PER_TOKEN features fire per token on average.
+
+    Calibrated on 8 random prompts of the benchmarked length: in a random model, early positions
+    and each prompt's shared direction move the activations, so thresholds depend on the length.
+    """
+    generator = torch.Generator().manual_seed(length)
+    tokens = torch.randint(0, model.cfg.d_vocab, (8, length), generator=generator)
+    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=HOOKS)
+    for hook, sae in saes.items():
+        acts = cache[hook].reshape(-1, model.cfg.d_model)
+        sae.b_dec.copy_(acts.mean(0))
+        pre = ((acts - sae.b_dec) @ sae.W_enc).flatten()
+        kept = FIRING_PER_TOKEN * acts.shape[0]
+        threshold = pre.kthvalue(pre.numel() - kept).values
+        sae.b_enc.fill_(-float(threshold))
 
 
 class PeakRSS:
@@ -271,6 +282,7 @@ def measure(
     weight_bytes: int,
 ) -> pd.DataFrame:
     """Every case on one random prompt of `length` tokens, as a table with ratios to the floor."""
+    calibrate(model, saes, length)
     tokens = torch.randint(0, model.cfg.d_vocab, (1, length + 1)).to(args.device)
     prompt, target = tokens[:, :-1], int(tokens[0, -1])
     metric = token_logprob([target], [length - 1], "benchmark log-prob")
@@ -325,7 +337,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     print(f"import token_trace: {import_seconds():.2f} s")
     model = gpt2_shaped_model(device)
-    saes = calibrated_saes(model, device)
+    saes = random_saes(device)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
         p.numel() * p.element_size() for sae in saes.values() for p in sae.parameters()
     )
