@@ -1,0 +1,394 @@
+"""The Gradio app, launched in-process on the bundled offline model and driven with gradio_client.
+
+Checks that the API returns exactly the library's results, that every kind of bad input comes back
+as a readable error while the server keeps serving, that concurrent requests do not mix, and that
+`python app.py` starts offline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import gradio as gr
+import httpx
+import pandas as pd
+import pytest
+import torch
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from transformer_lens import HookedTransformer
+
+from token_trace import app_support as support
+from token_trace import app_views as views
+from token_trace import compute_node_attribution, layer_totals, load_model, plots
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_WEIGHTS = ROOT / "token_trace" / "demo" / "weights" / "metrics.json"
+DEMO_PROMPTS = ROOT / "examples" / "demo_prompts.json"
+CAP = 48  # the test deployment's token cap: above the demo prompts, below the model's 64
+
+pytestmark = pytest.mark.skipif(
+    not (DEMO_WEIGHTS.exists() and DEMO_PROMPTS.exists()),
+    reason="the bundled ioi-demo model is not trained yet",
+)
+
+
+def load_app_module() -> ModuleType:
+    """`app.py` sits beside the package, not inside it: import it from its path."""
+    spec = importlib.util.spec_from_file_location("token_trace_app", ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Served:
+    module: ModuleType
+    app: object  # app.TokenTraceApp
+    demo: gr.Blocks
+    url: str
+    client: Client
+
+
+def start_app(max_tokens: int = CAP) -> Served:
+    """The app as `python app.py` builds it offline, served on a free port in this process."""
+    module = load_app_module()
+    web_app = module.TokenTraceApp(offline=True, max_tokens=max_tokens)
+    demo = web_app.build()
+    module.launch(demo, prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    return Served(module, web_app, demo, demo.local_url, Client(demo.local_url, verbose=False))
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    running = start_app()
+    yield running
+    running.demo.close()
+
+
+def demo_examples() -> list[dict]:
+    return json.loads(DEMO_PROMPTS.read_text())
+
+
+@pytest.fixture(scope="module")
+def demo_model() -> HookedTransformer:
+    return load_model("ioi-demo", "cpu")
+
+
+def api_request(example: dict, **overrides: object) -> dict:
+    """An `/attribute` request for a demo example (the API's parameter names)."""
+    request = {
+        "text": example["text"],
+        "model": "ioi-demo",
+        "answer": example.get("answer") or "",
+        "contrast": example.get("contrast") or "",
+    }
+    return {**request, **overrides}
+
+
+def library_result(request: dict) -> pd.DataFrame:
+    """What the library itself returns for an API request (mapped here, not by the app)."""
+    layers = request.get("layers")
+    return compute_node_attribution(
+        request["text"],
+        model=request["model"],
+        saes=[("ioi-demo", sae_id) for sae_id in layers.split(",")] if layers else None,
+        answer=request.get("answer") or None,
+        contrast=request.get("contrast") or None,
+        method=request.get("method", "atp"),
+        ig_steps=request.get("ig_steps", 10),
+        baseline_text=request.get("counterfactual") or None,
+        device="cpu",
+    )
+
+
+def swapped_names(example: dict) -> str:
+    """The example with its answer and contrast names exchanged: a same-length counterfactual."""
+    answer, contrast = example["answer"].strip(), example["contrast"].strip()
+    words = example["text"].split(" ")
+    swap = {answer: contrast, contrast: answer}
+    return " ".join(swap.get(word, word) for word in words)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def requests_to_compare() -> list[dict]:
+    first, *others = demo_examples()
+    second = others[0] if others else first
+    return [
+        api_request(first),
+        api_request(first, answer="", contrast=""),  # score the prompt's own last token
+        api_request(second, contrast="", method="ig", ig_steps=3),
+        api_request(first, counterfactual=swapped_names(first)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_attribute_returns_the_library_table(served: Served, index: int) -> None:
+    request = requests_to_compare()[index]
+    nodes = served.client.predict(**request, api_name="/attribute")
+    expected = library_result(request)
+    assert list(nodes[0]) == list(expected.columns)
+    assert nodes == support.records(expected)
+
+
+def test_top_k_and_layers(served: Served) -> None:
+    example = demo_examples()[0]
+    layer = support.loading.release_sae_ids("ioi-demo")[-1]
+    request = api_request(example, layers=layer)
+    nodes = served.client.predict(**request, top_k=5, api_name="/attribute")
+    expected = library_result(request)
+    top = expected.loc[expected["attribution"].abs().nlargest(5).index]
+    assert nodes == support.records(top)
+    assert {node["sae_id"] for node in nodes} == {layer}
+
+
+def test_summary_matches_the_library_metadata(served: Served) -> None:
+    request = api_request(demo_examples()[0])
+    run = served.client.predict(**request, api_name="/summary")
+    expected = library_result(request)
+    for key in ("tokens", "metric", "metric_description", "target", "bos_position"):
+        assert run[key] == expected.attrs[key]
+    assert run["metric_value"] == pytest.approx(expected.attrs["metric_value"], rel=1e-6)
+    assert [p["token"] for p in run["top_predictions"]] == [
+        p["token"] for p in expected.attrs["top_predictions"]
+    ]
+    assert len(run["position_totals"]) == len(expected.attrs["tokens"])
+
+
+def test_repeated_requests_come_from_the_cache(served: Served, monkeypatch) -> None:
+    request = api_request(demo_examples()[0])
+    first = served.client.predict(**request, api_name="/attribute")
+
+    def no_recompute(**kwargs: object) -> None:
+        raise AssertionError("a cached request was recomputed")
+
+    monkeypatch.setattr(served.module, "compute_node_attribution", no_recompute)
+    assert served.client.predict(**request, api_name="/attribute") == first
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def longer_than(model: HookedTransformer, text: str, n_tokens: int) -> str:
+    """`text` with its own words appended until it has just over `n_tokens` tokens."""
+    words, out = text.split(" "), text
+    while model.to_tokens(out, truncate=False).shape[1] <= n_tokens:
+        out += " " + words[len(out) % len(words)]
+    return out
+
+
+#: (name, request overrides from (example, model), expected message)
+BAD_INPUTS = [
+    ("empty prompt", lambda ex, m: {"text": ""}, "The prompt is empty"),
+    ("blank prompt", lambda ex, m: {"text": "  \n "}, "The prompt is empty"),
+    ("multi-token answer", lambda ex, m: {"answer": ex["answer"] * 2}, "is 2 tokens"),
+    ("answer is contrast", lambda ex, m: {"contrast": ex["answer"]}, "are the same token"),
+    ("contrast alone", lambda ex, m: {"answer": ""}, "needs an answer"),
+    (
+        "counterfactual length",
+        lambda ex, m: {"counterfactual": ex["text"].rsplit(" ", 1)[0]},
+        "patching needs the same number of tokens",
+    ),
+    ("over the token cap", lambda ex, m: {"text": longer_than(m, ex["text"], CAP)}, "at most 48"),
+    ("unknown model", lambda ex, m: {"model": "llama-7b"}, "This app offers the models"),
+    ("unknown release", lambda ex, m: {"release": "gpt2-xl-res"}, "This app offers the SAE"),
+    ("unknown layer", lambda ex, m: {"layers": "blocks.9.hook_z"}, "has no SAE 'blocks.9.hook_z'"),
+    ("IG steps", lambda ex, m: {"method": "ig", "ig_steps": 0}, "between 1 and 64 steps"),
+    ("unknown method", lambda ex, m: {"method": "magic"}, "Unknown method 'magic'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"), [pytest.param(f, msg, id=name) for name, f, msg in BAD_INPUTS]
+)
+def test_bad_input_returns_its_message(
+    served: Served, demo_model: HookedTransformer, overrides, message: str
+) -> None:
+    example = demo_examples()[0]
+    request = api_request(example, **overrides(example, demo_model))
+    with pytest.raises(AppError, match=message):
+        served.client.predict(**request, api_name="/attribute")
+
+
+def test_prompt_over_the_model_context(
+    served: Served, demo_model: HookedTransformer, monkeypatch
+) -> None:
+    monkeypatch.setattr(served.app, "max_tokens", 10_000)
+    example = demo_examples()[0]
+    text = longer_than(demo_model, example["text"], demo_model.cfg.n_ctx + 1)
+    with pytest.raises(AppError, match="reads at most 64"):
+        served.client.predict(**api_request(example, text=text), api_name="/attribute")
+
+
+def test_model_load_failure(served: Served, monkeypatch) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained", offline)
+    request = {"text": "When John and Mary went to the shops", "model": "gpt2-small"}
+    with pytest.raises(AppError, match="Could not load model 'gpt2'"):
+        served.client.predict(**request, api_name="/attribute")
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "Out of memory"),
+        (KeyError("bug"), "failed unexpectedly"),
+    ],
+)
+def test_compute_errors_are_reported_and_the_server_keeps_serving(
+    served: Served, monkeypatch, error: Exception, message: str
+) -> None:
+    example = demo_examples()[0]
+
+    def fail(**kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(served.module, "compute_node_attribution", fail)
+    fresh = api_request(example, text=example["text"] + " " + type(error).__name__)
+    with pytest.raises(AppError, match=message):
+        served.client.predict(**fresh, api_name="/attribute")
+    monkeypatch.undo()
+    assert served.client.predict(**api_request(example), api_name="/attribute")
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def test_concurrent_requests_match_sequential_library_runs(served: Served, monkeypatch) -> None:
+    monkeypatch.setattr(served.module, "RESULTS", support.ResultCache())  # nothing cached
+    examples = demo_examples()
+    layer_ids = support.loading.release_sae_ids("ioi-demo")
+    requests = [
+        api_request(
+            examples[i % len(examples)],
+            method="ig" if i % 2 else "atp",
+            ig_steps=2 + i,
+            layers=",".join(layer_ids[i % len(layer_ids) :]),
+        )
+        for i in range(8)
+    ]
+    expected = [support.records(library_result(request)) for request in requests]
+    jobs = [served.client.submit(**request, api_name="/attribute") for request in requests]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda job: job.result(timeout=120), jobs))
+    for got, want in zip(results, expected):
+        assert got == want
+
+
+# --------------------------------------------------------------------------- page, views, files
+
+
+def test_offline_page_defaults_to_the_bundled_model(served: Served) -> None:
+    config = httpx.get(f"{served.url}config", timeout=30).text
+    assert "Offline mode" in config
+    endpoint = served.client.view_api(print_info=False, return_format="dict")
+    parameters = endpoint["named_endpoints"]["/attribute"]["parameters"]
+    assert [p["parameter_name"] for p in parameters[:2]] == ["text", "model"]
+    assert parameters[1]["parameter_default"] == "ioi-demo"
+
+
+def test_views_escape_prompt_text() -> None:
+    df = library_result(api_request(demo_examples()[0]))
+    evil = '<img src=x onerror="alert(1)">'
+    df.attrs = {**df.attrs, "tokens": [evil] * len(df.attrs["tokens"]), "target": evil}
+    df["token"] = evil
+    df.attrs["metric_description"] = f"log p({evil})"
+    pages = [
+        views.tokens_html(df),
+        views.summary_html(df, 0.1),
+        views.feature_panel_html(df, int(df.index[0]), card=lambda h, f: None, offline=True),
+        plots.layer_position_heatmap(df).to_json(),
+        plots.attribution_scatter(df).to_json(),
+    ]
+    for page in pages:
+        assert "<img" not in page
+    assert "&lt;img" in pages[0]
+
+
+def test_table_filters_and_search() -> None:
+    df = library_result(api_request(demo_examples()[0]))
+    table = views.table_view(df, features_only=True, hide_bos=True, query="")
+    assert set(table["type"]) == {"feature"}
+    assert df.attrs["bos_position"] not in set(table["pos"])
+    assert len(table) <= views.TABLE_ROWS
+    assert table["attribution"].abs().is_monotonic_decreasing
+    feature = int(table["feature"].iloc[0])
+    assert (views.table_view(df, False, False, str(feature))["feature"] == feature).all()
+    query = df.attrs["tokens"][-1].strip().upper()
+    found = views.table_view(df, False, False, query)["token"]
+    assert len(found) and found.str.lower().str.contains(query.lower(), regex=False).all()
+    assert len(layer_totals(df)) == len(df.attrs["hook_names"])
+
+
+def test_exports_reproduce_the_run(tmp_path: Path) -> None:
+    example = demo_examples()[0]
+    settings = support.make_settings(
+        example["text"], "ioi-demo", "", "", example["answer"], "", "atp", 10, ""
+    )
+    df = compute_node_attribution(**settings.library_kwargs(), device="cpu")
+    paths = support.write_exports(settings, df, tmp_path)
+    assert len(pd.read_csv(paths["csv"])) == len(df)
+    pd.testing.assert_frame_equal(pd.read_parquet(paths["parquet"]), df)
+    meta = json.loads(paths["json"].read_text())
+    again = compute_node_attribution(**meta["library_call"], device="cpu")
+    pd.testing.assert_frame_equal(again, df)
+    assert meta["run"]["metric_value"] == df.attrs["metric_value"]
+
+
+def test_python_app_py_starts_offline_and_answers() -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            assert time.perf_counter() - start < 120, "app.py did not start within 120 s"
+            try:
+                if "Offline mode" in httpx.get(f"{url}config", timeout=2).text:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        nodes = Client(url, verbose=False).predict(
+            **api_request(demo_examples()[0]), top_k=3, api_name="/attribute"
+        )
+        assert len(nodes) == 3
+        print(f"python app.py: first result {time.perf_counter() - start:.1f} s after start")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

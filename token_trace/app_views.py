@@ -1,0 +1,343 @@
+"""What the app shows of a node table: coloured tokens, the ranked table, the feature panel.
+
+Everything here turns a finished node table (and the user's filters) into HTML strings, dicts or
+small DataFrames; nothing computes attributions. Any text that came from a user or a tokenizer goes
+through `html.escape` before it reaches the page, so a prompt cannot inject markup.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable, Mapping
+
+import pandas as pd
+
+from token_trace.app_support import METHOD_LABELS
+from token_trace.neuronpedia import BASE_URL, embed_url, feature_url, quick_list_url
+from token_trace.nodes import position_totals, top_nodes
+
+#: Rows the table shows; the full table is in the exports.
+TABLE_ROWS = 300
+QUICK_LIST_SIZE = 20
+POSITIVE_RGB = (202, 62, 54)  # the red end of plotly's RdBu, used by the charts too
+NEGATIVE_RGB = (39, 110, 176)  # its blue end
+PANEL_HINT = (
+    '<div class="tt-panel tt-muted">Click a row of the table to see that feature on Neuronpedia '
+    "(or its offline card for the bundled model).</div>"
+)
+TABLE_COLUMNS = {
+    "node": "node",
+    "layer": "layer",
+    "position": "pos",
+    "token": "token",
+    "node_type": "type",
+    "feature": "feature",
+    "activation": "activation",
+    "attribution": "attribution",
+}
+
+
+def format_value(value: float) -> str:
+    """Signed, three significant digits, with a real minus sign: `+0.123`, `−4.56e-05`."""
+    return f"{value:+.3g}".replace("-", "−")
+
+
+def visible_token(token: str) -> str:
+    """A token as text a reader can see: newlines and tabs as arrows (spaces are kept)."""
+    return token.replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
+
+
+def quoted_token(token: str) -> str:
+    """A token in quotes, so leading spaces show: `' Mary'`."""
+    return f"'{visible_token(token)}'"
+
+
+def _strength(value: float, scale: float) -> float:
+    return min(1.0, abs(value) / scale) if scale > 0 else 0.0
+
+
+def _background(value: float, scale: float) -> str:
+    red, green, blue = POSITIVE_RGB if value >= 0 else NEGATIVE_RGB
+    return f"rgba({red}, {green}, {blue}, {0.08 + 0.8 * _strength(value, scale):.3f})"
+
+
+def _bos(df: pd.DataFrame) -> int | None:
+    return df.attrs.get("bos_position")
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def tokens_html(df: pd.DataFrame) -> str:
+    """Every token coloured by its total attribution (`position_totals`), value printed beneath.
+
+    The colour scale ignores BOS, whose outsized totals would wash out every other token. The last
+    position (where the prediction is read) is outlined, and the target follows it.
+    """
+    tokens: list[str] = df.attrs["tokens"]
+    totals = position_totals(df).set_index("position")["attribution"]
+    bos = _bos(df)
+    scored = totals.drop(index=bos, errors="ignore") if bos is not None else totals
+    scale = float(scored.abs().max()) if len(scored) else 0.0
+    last = len(tokens) - 1
+    spans = []
+    for position, token in enumerate(tokens):
+        value = float(totals.get(position, 0.0))
+        classes = ["tt-tok"]
+        if position == bos:
+            classes.append("tt-bos")
+        if position == last:
+            classes.append("tt-last")
+        if _strength(value, scale) > 0.55:
+            classes.append("tt-strong")  # light text on a dark background
+        style = "" if position == bos else f' style="background:{_background(value, scale)}"'
+        title = f"position {position} · {quoted_token(token)} · total attribution {value:+.4g}"
+        spans.append(
+            f'<span class="{" ".join(classes)}" title="{html.escape(title)}"{style}>'
+            f'<span class="tt-text">{html.escape(visible_token(token))}</span>'
+            f'<span class="tt-val">{format_value(value)}</span></span>'
+        )
+    target = df.attrs.get("target")
+    if target is not None:
+        spans.append('<span class="tt-arrow" aria-hidden="true">→</span>')
+        spans.append(
+            f'<span class="tt-tok tt-target" title="the token(s) the metric scores">'
+            f'<span class="tt-text">{html.escape(visible_token(target))}</span>'
+            f'<span class="tt-val">target</span></span>'
+        )
+    legend = (
+        '<div class="tt-legend">'
+        f'<span><i style="background:{_background(1, 1)}"></i>raises the metric</span>'
+        f'<span><i style="background:{_background(-1, 1)}"></i>lowers it</span>'
+        f"<span>scale ±{scale:.3g} (mean over layers of each token's summed attribution"
+        f"{', BOS excluded' if bos is not None else ''})</span></div>"
+    )
+    return f'<div class="tt-tokens"><div class="tt-row">{"".join(spans)}</div>{legend}</div>'
+
+
+def predictions(df: pd.DataFrame) -> dict[str, float]:
+    """The model's top next-token predictions, for `gr.Label` (quoted so spaces show)."""
+    return {quoted_token(p["token"]): p["probability"] for p in df.attrs["top_predictions"]}
+
+
+def summary_html(df: pd.DataFrame, seconds: float | None) -> str:
+    """One line on what was measured: the metric and its value, method, baseline, size."""
+    attrs = df.attrs
+    value = attrs["metric_value"]
+    metric = f"<b>{html.escape(attrs['metric_description'])}</b> = {format_value(value)}"
+    if attrs["metric"] == "logprob":
+        metric += f" (p = {math.exp(value):.3g})"
+    baseline = "zero baseline (features and errors ablated)"
+    if attrs.get("baseline") == "counterfactual":
+        baseline = (
+            f"counterfactual baseline (metric there {format_value(attrs['baseline_metric_value'])})"
+        )
+    method = METHOD_LABELS.get(attrs["method"], attrs["method"])
+    if attrs.get("ig_steps"):
+        method += f", {attrs['ig_steps']} steps"
+    n_features = int((df["node_type"] == "feature").sum())
+    parts = [
+        metric,
+        html.escape(method),
+        baseline,
+        f"{len(attrs['hook_names'])} SAEs",
+        f"{n_features:,} active features + {len(df) - n_features:,} error nodes",
+    ]
+    if seconds is not None:
+        parts.append(f"{seconds:.2f} s")
+    return f'<div class="tt-summary">{" · ".join(parts)}</div>'
+
+
+# --------------------------------------------------------------------------- table
+
+
+def filtered(df: pd.DataFrame, features_only: bool, hide_bos: bool) -> pd.DataFrame:
+    """The node table under the two filters every view shares."""
+    if hide_bos and _bos(df) is not None:
+        df = df[df["position"] != _bos(df)]
+    if features_only:
+        df = df[df["node_type"] == "feature"]
+    return df
+
+
+def matches(df: pd.DataFrame, query: str) -> pd.Series:
+    """Rows matching a search: a number is a feature id; text is looked for in the token and in
+    the SAE's name (case-insensitive)."""
+    query = query.strip()
+    if query.isdigit():
+        return df["feature"] == int(query)
+    hit = df["token"].str.contains(query, case=False, regex=False)
+    return hit | df["sae_id"].astype(str).str.contains(query, case=False, regex=False)
+
+
+def _display_round(values: pd.Series, significant: int = 4) -> pd.Series:
+    """Round to `significant` digits of the column's largest value, keeping numbers sortable."""
+    largest = float(values.abs().max()) if len(values) else 0.0
+    if not largest or not math.isfinite(largest):
+        return values
+    decimals = max(0, significant - 1 - math.floor(math.log10(largest)))
+    return values.round(decimals)
+
+
+def table_view(df: pd.DataFrame, features_only: bool, hide_bos: bool, query: str) -> pd.DataFrame:
+    """The top rows by |attribution| under the filters, with a `node` column: the row's index in
+    the full table, which is how a selected row is found again whatever the table's sort order."""
+    view = filtered(df, features_only, hide_bos)
+    if query.strip():
+        view = view[matches(view, query)]
+    view = top_nodes(view, TABLE_ROWS)
+    out = view.reset_index(names="node")[list(TABLE_COLUMNS)]
+    out["node_type"] = out["node_type"].astype(str)
+    out["token"] = out["token"].map(visible_token)
+    for column in ("activation", "attribution"):
+        out[column] = _display_round(out[column].astype(float))
+    return out.rename(columns=TABLE_COLUMNS)
+
+
+def node_from_row(row: list | Mapping | None, index: int | None, view: pd.DataFrame) -> int | None:
+    """The full table's index of a clicked row, from the row's values or else its position."""
+    if isinstance(row, Mapping):
+        row = list(row.values())
+    if row:
+        return int(row[0])
+    if index is not None and 0 <= index < len(view):
+        return int(view.iloc[index]["node"])
+    return None
+
+
+# --------------------------------------------------------------------------- feature panel
+
+
+def _neuronpedia_id(url: object) -> str | None:
+    """The Neuronpedia id inside a row's url (`…/gpt2-small/6-res-jb/123` → `gpt2-small/6-res-jb`).
+
+    The url was built by the library from SAELens metadata, so the id is never guessed here.
+    """
+    if not isinstance(url, str) or not url.startswith(f"{BASE_URL}/"):
+        return None
+    return url[len(BASE_URL) + 1 :].rsplit("/", 1)[0]
+
+
+def _node_header(node: pd.Series) -> str:
+    kind = "SAE error node" if node["node_type"] == "error" else f"feature {int(node['feature'])}"
+    return (
+        f'<div class="tt-node-head"><b>{html.escape(str(node["sae_id"]))}</b> · {kind} · '
+        f"position {int(node['position'])} {html.escape(quoted_token(node['token']))} · "
+        f"activation {format_value(float(node['activation']))} · "
+        f"attribution <b>{format_value(float(node['attribution']))}</b></div>"
+    )
+
+
+def feature_panel_html(
+    df: pd.DataFrame,
+    node_index: int | None,
+    *,
+    card: Callable[[str, int], Mapping | None],
+    offline: bool,
+) -> str:
+    """The panel for one selected node: Neuronpedia's page in an iframe, or an offline card.
+
+    `card(hook_name, feature)` supplies the bundled model's feature card (None when it has none).
+    """
+    if node_index is None or node_index not in df.index:
+        return PANEL_HINT
+    node = df.loc[node_index]
+    head = _node_header(node)
+    if node["node_type"] == "error":
+        body = (
+            "<p>The part of this activation the SAE does not reconstruct. Its attribution is "
+            "what the SAE's features miss here; it has no feature page.</p>"
+        )
+        return f'<div class="tt-panel">{head}{body}</div>'
+    feature = int(node["feature"])
+    np_id = _neuronpedia_id(node.get("neuronpedia_url"))
+    if np_id is not None:
+        link = html.escape(feature_url(np_id, feature))
+        frame = html.escape(embed_url(np_id, feature))
+        note = " (Neuronpedia needs internet access)" if offline else ""
+        body = (
+            f'<p><a href="{link}" target="_blank" rel="noopener">Open on Neuronpedia ↗</a>'
+            f"{note}</p>"
+            f'<iframe class="tt-np" src="{frame}" loading="lazy" title="Neuronpedia feature"'
+            ' referrerpolicy="no-referrer"></iframe>'
+        )
+        return f'<div class="tt-panel">{head}{body}</div>'
+    details = card(str(node["hook_name"]), feature)
+    if details is None:
+        body = "<p>No Neuronpedia page or feature card is known for this SAE.</p>"
+    else:
+        body = feature_card_html(details)
+    return f'<div class="tt-panel">{head}{body}</div>'
+
+
+def feature_card_html(card: Mapping) -> str:
+    """The bundled model's offline card: density, promoted tokens, top-activating contexts.
+
+    `card` is `token_trace.demo.feature_card(...)`: `density`, `top_logits` ([token, effect]
+    pairs) and `contexts` (`tokens`, the activating token's `index`, its `activation`).
+    """
+    logits = "".join(
+        f'<span class="tt-chip">{html.escape(quoted_token(token))} '
+        f"<small>{format_value(effect)}</small></span>"
+        for token, effect in card.get("top_logits", [])
+    )
+    contexts = []
+    for context in card.get("contexts", []):
+        pieces = [
+            f'<mark title="activation {context["activation"]:.3g}">{html.escape(token)}</mark>'
+            if i == context["index"]
+            else html.escape(token)
+            for i, token in enumerate(context["tokens"])
+        ]
+        contexts.append(
+            f'<li><span class="tt-context">{"".join(pieces)}</span> '
+            f"<small>{context['activation']:.3g}</small></li>"
+        )
+    return (
+        '<div class="tt-card">'
+        f"<p>Fires on <b>{100 * card.get('density', 0.0):.2g}%</b> of held-out tokens "
+        "(offline card: the bundled model has no Neuronpedia pages).</p>"
+        f"<p><b>Promotes</b> {logits or '—'}</p>"
+        f"<p><b>Top-activating contexts</b></p><ol>{''.join(contexts) or '<li>none</li>'}</ol>"
+        "</div>"
+    )
+
+
+def quick_links_html(df: pd.DataFrame, hide_bos: bool) -> str:
+    """Links to Neuronpedia quick-lists of the top positive and top negative features."""
+    if "neuronpedia_url" not in df.columns:
+        return (
+            '<div class="tt-links tt-muted">This model has no Neuronpedia pages; click a row for '
+            "its offline feature card.</div>"
+        )
+    features = filtered(df, features_only=True, hide_bos=hide_bos)
+    features = features[features["neuronpedia_url"].notna()]
+    links = []
+    for name, ascending in (("positive", False), ("negative", True)):
+        signed = features[features["attribution"] < 0 if ascending else features["attribution"] > 0]
+        top = signed.sort_values("attribution", ascending=ascending)
+        top = top.drop_duplicates(["sae_id", "feature"]).head(QUICK_LIST_SIZE)
+        if top.empty:
+            continue
+        pairs = [
+            (_neuronpedia_id(url), int(feature))
+            for url, feature in zip(top["neuronpedia_url"], top["feature"])
+        ]
+        url = quick_list_url(f"token-trace top {name} features", pairs)
+        links.append(
+            f'<a href="{html.escape(url)}" target="_blank" rel="noopener">'
+            f"Top {len(pairs)} {name} features on Neuronpedia ↗</a>"
+        )
+    return f'<div class="tt-links">{" · ".join(links)}</div>' if links else ""
+
+
+def banner_html(offline: bool) -> str:
+    """The offline notice shown at the top of the page (empty when online)."""
+    if not offline:
+        return ""
+    return (
+        '<div class="tt-banner"><b>Offline mode.</b> The Hugging Face hub cannot be reached, so '
+        "models that need a download will fail to load. The bundled <code>ioi-demo</code> model "
+        "works without a network and is selected.</div>"
+    )

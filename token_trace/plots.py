@@ -1,0 +1,152 @@
+"""Plotly figures of a node table: where (layer x position), how (features vs error), which nodes.
+
+Each function takes the library's node table (already filtered by the caller if wanted) and
+returns a `plotly.graph_objects.Figure`; nothing here recomputes attributions. Tokens are passed
+through `html.escape` because plotly renders a subset of HTML in labels and hover text.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+#: Red for positive, blue for negative, as in the app's token colouring.
+DIVERGING = "RdBu_r"
+FEATURE_COLOUR = "#ca3e36"
+ERROR_COLOUR = "#8c8c8c"
+TOTAL_COLOUR = "#222222"
+SCATTER_POINTS = 4000
+MAX_TICKS = 48  # position labels on the heatmap's axis before every k-th one is shown
+
+
+def hook_label(hook_name: str) -> str:
+    """A compact, unique axis label: `blocks.6.hook_resid_pre` -> `6 resid_pre`."""
+    return hook_name.removeprefix("blocks.").replace(".hook_", " ").replace("hook_", "")
+
+
+def token_label(position: int, token: str) -> str:
+    visible = token.replace("\n", "↵").replace("\t", "⇥")
+    return html.escape(f"{position}: {visible}")
+
+
+def _style(fig: go.Figure, title: str, height: int) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}},
+        template="plotly_white",
+        height=height,
+        margin={"l": 10, "r": 10, "t": 44, "b": 10},
+        font={"family": "Inter, ui-sans-serif, system-ui, sans-serif", "size": 12},
+        hoverlabel={"font": {"family": "ui-monospace, SFMono-Regular, Menlo, monospace"}},
+    )
+    return fig
+
+
+def _hooks_in_order(df: pd.DataFrame) -> list[str]:
+    """Hook names in the run's order (the order the SAEs were given, by depth for presets)."""
+    present = set(df["hook_name"].astype(str))
+    return [hook for hook in df.attrs["hook_names"] if hook in present]
+
+
+def layer_position_heatmap(df: pd.DataFrame) -> go.Figure:
+    """Summed attribution per SAE layer and token position: where in the prompt, how deep."""
+    hooks = _hooks_in_order(df)
+    tokens: list[str] = df.attrs["tokens"]
+    positions = sorted(df["position"].unique().tolist())
+    sums = df.groupby([df["hook_name"].astype(str), "position"])["attribution"].sum()
+    grid = sums.unstack("position").reindex(index=hooks, columns=positions).fillna(0.0)
+    z = grid.to_numpy(dtype=float)
+    limit = float(np.abs(z).max()) if z.size else 1.0
+    labels = [token_label(p, tokens[p]) for p in positions]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(len(positions))),
+            y=[hook_label(h) for h in hooks],
+            customdata=np.array([labels] * len(hooks), dtype=object),
+            colorscale=DIVERGING,
+            zmid=0.0,
+            zmin=-limit,
+            zmax=limit,
+            colorbar={"title": {"text": "attr."}, "thickness": 12},
+            hovertemplate="%{y} · %{customdata}<br>attribution %{z:+.4g}<extra></extra>",
+        )
+    )
+    step = -(-len(positions) // MAX_TICKS)  # ceil: long prompts label every k-th token
+    ticks = list(range(0, len(positions), step))
+    fig.update_xaxes(tickvals=ticks, ticktext=[labels[i] for i in ticks], tickangle=-45)
+    fig.update_yaxes(autorange="reversed", title=None)
+    return _style(fig, "Attribution by layer and position", height=170 + 28 * max(len(hooks), 5))
+
+
+def layer_totals_figure(totals: pd.DataFrame) -> go.Figure:
+    """Per layer: summed attribution of its features and of its error nodes, and their total.
+
+    A large error bar says that layer's SAE leaves much of the effect unexplained.
+    `totals` is `token_trace.layer_totals(df)`.
+    """
+    labels = [hook_label(h) for h in totals["hook_name"].astype(str)]
+    share = [f"error share {s:.0%}" for s in totals["error_share"]]
+    fig = go.Figure()
+    for column, name, colour in (
+        ("features", "SAE features", FEATURE_COLOUR),
+        ("error", "SAE error", ERROR_COLOUR),
+    ):
+        fig.add_bar(
+            x=labels,
+            y=totals[column],
+            name=name,
+            marker_color=colour,
+            customdata=share,
+            hovertemplate=f"%{{x}} · {name}: %{{y:+.4g}}<br>%{{customdata}}<extra></extra>",
+        )
+    fig.add_scatter(
+        x=labels,
+        y=totals["total"],
+        name="total",
+        mode="markers",
+        marker={"color": TOTAL_COLOUR, "symbol": "diamond", "size": 9},
+        hovertemplate="%{x} · total: %{y:+.4g}<extra></extra>",
+    )
+    fig.update_layout(
+        barmode="group", legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right"}
+    )
+    fig.update_yaxes(title="summed attribution", zeroline=True)
+    return _style(fig, "Per layer: features vs error", height=340)
+
+
+def attribution_scatter(df: pd.DataFrame, max_points: int = SCATTER_POINTS) -> go.Figure:
+    """Feature activation against attribution, coloured by layer: strongly active features need not
+    matter, and small activations can carry large effects. The `max_points` largest |attribution|
+    features are drawn (a GPT-2 prompt has tens of thousands)."""
+    features = df[df["node_type"] == "feature"]
+    shown = features.loc[features["attribution"].abs().nlargest(max_points).index]
+    tokens = [token_label(p, t) for p, t in zip(shown["position"], shown["token"])]
+    hover = [
+        f"{hook_label(h)} · feature {f}<br>{t}"
+        for h, f, t in zip(shown["hook_name"].astype(str), shown["feature"], tokens)
+    ]
+    fig = go.Figure(
+        go.Scattergl(
+            x=shown["activation"],
+            y=shown["attribution"],
+            mode="markers",
+            marker={
+                "color": shown["layer"],
+                "colorscale": "Viridis",
+                "size": 6,
+                "opacity": 0.75,
+                "colorbar": {"title": {"text": "layer"}, "thickness": 12},
+            },
+            text=hover,
+            hovertemplate="%{text}<br>activation %{x:.4g} · attribution %{y:+.4g}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title="activation")
+    fig.update_yaxes(title="attribution", zeroline=True)
+    title = "Features: attribution vs activation"
+    if len(features) > len(shown):
+        title += f" (top {len(shown):,} of {len(features):,} by |attribution|)"
+    return _style(fig, title, height=380)
