@@ -75,7 +75,9 @@ def release_info(release: str) -> PretrainedSAELookup:
 def release_sae_ids(release: str) -> list[str]:
     """The SAE ids a release holds, in the registry's (layer) order."""
     if release == BUNDLED_MODEL:
-        return list(_demo_saes("cpu"))
+        from token_trace import demo
+
+        return demo.demo_hook_names()
     return list(release_info(release).saes_map)
 
 
