@@ -19,12 +19,13 @@ from transformer_lens import HookedTransformer
 from token_trace.demo import (
     DEMO_MODEL_NAME,
     WEIGHTS_DIR,
+    corpus,
     demo_hook_names,
+    evaluate,
     feature_card,
     load_demo_model,
     load_demo_saes,
 )
-from token_trace.demo import corpus, evaluate
 from token_trace.demo import train as train_module
 from token_trace.demo.corpus import IOIExample
 from token_trace.demo.tokenizer import build_tokenizer
