@@ -383,7 +383,7 @@ class TokenTraceApp:
                 label="Examples — click one to run it",
                 visible=bool(self.examples),
                 elem_id="tt-examples",
-                **_supported(gr.Dataset.__init__, sample_labels=[e.name for e in self.examples]),
+                **_supported(gr.Dataset.__init__, sample_labels=[e.label for e in self.examples]),
             )
 
             with gr.Accordion("How to read the results", open=False):

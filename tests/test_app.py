@@ -208,7 +208,12 @@ BAD_INPUTS = [
         lambda ex, m: {"counterfactual": ex["text"].rsplit(" ", 1)[0]},
         "patching needs the same number of tokens",
     ),
-    ("over the token cap", lambda ex, m: {"text": longer_than(m, ex["text"], CAP)}, "at most 48"),
+    # The cap counts the text's own tokens; `longer_than` counts BOS too.
+    (
+        "over the token cap",
+        lambda ex, m: {"text": longer_than(m, ex["text"], CAP + 1)},
+        f"at most {CAP}",
+    ),
     ("unknown model", lambda ex, m: {"model": "llama-7b"}, "This app offers the models"),
     ("unknown release", lambda ex, m: {"release": "gpt2-xl-res"}, "This app offers the SAE"),
     ("unknown layer", lambda ex, m: {"layers": "blocks.9.hook_z"}, "has no SAE 'blocks.9.hook_z'"),

@@ -59,7 +59,7 @@ def page(served: Served):
 
 def test_an_example_runs_and_every_panel_appears(page) -> None:
     example = demo_examples()[0]
-    page.locator("#tt-examples").get_by_text(example["name"], exact=True).click()
+    page.locator("#tt-examples").get_by_text(f"{example['name']} · ioi-demo").click()
 
     # Highlighted tokens: one box per prompt token plus the target, the target marked.
     page.wait_for_selector("#tt-tokens .tt-target")

@@ -446,6 +446,10 @@ class Example:
     contrast: str | None = None
     counterfactual: str | None = None
 
+    @property
+    def label(self) -> str:
+        return f"{self.name} · {PRESETS_BY_RELEASE[self.release].model}"
+
 
 #: Example files and the preset their prompts are written for.
 EXAMPLE_FILES = {

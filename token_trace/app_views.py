@@ -16,6 +16,7 @@ import pandas as pd
 from token_trace.app_support import METHOD_LABELS
 from token_trace.neuronpedia import BASE_URL, embed_url, feature_url, quick_list_url
 from token_trace.nodes import position_totals, top_nodes
+from token_trace.plots import visible_token
 
 #: Rows the table shows; the full table is in the exports.
 TABLE_ROWS = 300
@@ -41,11 +42,6 @@ TABLE_COLUMNS = {
 def format_value(value: float) -> str:
     """Signed, three significant digits, with a real minus sign: `+0.123`, `−4.56e-05`."""
     return f"{value:+.3g}".replace("-", "−")
-
-
-def visible_token(token: str) -> str:
-    """A token as text a reader can see: newlines and tabs as arrows (spaces are kept)."""
-    return token.replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
 
 
 def quoted_token(token: str) -> str:
@@ -171,13 +167,9 @@ def matches(df: pd.DataFrame, query: str) -> pd.Series:
     return hit | df["sae_id"].astype(str).str.contains(query, case=False, regex=False)
 
 
-def _display_round(values: pd.Series, significant: int = 4) -> pd.Series:
-    """Round to `significant` digits of the column's largest value, keeping numbers sortable."""
-    largest = float(values.abs().max()) if len(values) else 0.0
-    if not largest or not math.isfinite(largest):
-        return values
-    decimals = max(0, significant - 1 - math.floor(math.log10(largest)))
-    return values.round(decimals)
+def _significant(values: pd.Series, digits: int = 4) -> pd.Series:
+    """Each value to `digits` significant digits: short to read, still numbers (so sortable)."""
+    return values.map(lambda value: float(f"{value:.{digits}g}"))
 
 
 def table_view(df: pd.DataFrame, features_only: bool, hide_bos: bool, query: str) -> pd.DataFrame:
@@ -191,7 +183,7 @@ def table_view(df: pd.DataFrame, features_only: bool, hide_bos: bool, query: str
     out["node_type"] = out["node_type"].astype(str)
     out["token"] = out["token"].map(visible_token)
     for column in ("activation", "attribution"):
-        out[column] = _display_round(out[column].astype(float))
+        out[column] = _significant(out[column].astype(float))
     return out.rename(columns=TABLE_COLUMNS)
 
 

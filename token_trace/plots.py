@@ -27,9 +27,14 @@ def hook_label(hook_name: str) -> str:
     return hook_name.removeprefix("blocks.").replace(".hook_", " ").replace("hook_", "")
 
 
+def visible_token(token: str) -> str:
+    """A token as text a reader can see: newlines and tabs as arrows (spaces are kept)."""
+    return token.replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
+
+
 def token_label(position: int, token: str) -> str:
-    visible = token.replace("\n", "↵").replace("\t", "⇥")
-    return html.escape(f"{position}: {visible}")
+    """`12: token`, escaped for plotly's labels."""
+    return html.escape(f"{position}: {visible_token(token)}")
 
 
 def _style(fig: go.Figure, title: str, height: int) -> go.Figure:
