@@ -7,6 +7,7 @@ model queue up instead of mixing (on a GPU they would run one after the other an
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import weakref
@@ -22,6 +23,15 @@ HookFn = Callable[[torch.Tensor, HookPoint], torch.Tensor | None]
 
 _locks: weakref.WeakKeyDictionary[HookedTransformer, threading.RLock] = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
+
+
+def _fresh_locks_after_fork() -> None:
+    """A forked child (ZeroGPU's GPU workers) must not inherit a lock some other thread held."""
+    global _locks, _locks_guard
+    _locks, _locks_guard = weakref.WeakKeyDictionary(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_after_fork)
 
 
 def model_lock(model: HookedTransformer) -> threading.RLock:

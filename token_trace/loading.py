@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,14 @@ DEFAULT_RELEASES: dict[str, str] = {
 
 #: Loads are slow and large: concurrent first requests wait for one load instead of each doing it.
 _load_lock = threading.Lock()
+
+
+def _fresh_load_lock_after_fork() -> None:
+    global _load_lock
+    _load_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_load_lock_after_fork)
 
 
 class LoadError(RuntimeError):

@@ -11,6 +11,7 @@ from transformer_lens import HookedTransformer
 
 from token_trace import loading
 from token_trace.attribution import attribute
+from token_trace.hooks import model_lock
 from token_trace.nodes import SAEInfo, node_frame, residual_layer
 from token_trace.prompts import TextOrTokens, prepare_baseline, prepare_prompt, str_tokens
 
@@ -89,10 +90,13 @@ def compute_node_attribution(
         `metric(clean) - metric(node set to its baseline)`. `df.attrs` holds the run's metadata.
     """
     model_obj, model_name, sae_dict, infos = resolve(model, saes, device)
-    prompt = prepare_prompt(model_obj, text, answer, contrast, metric)
-    baseline_tokens = None
-    if baseline_text is not None:
-        baseline_tokens = prepare_baseline(model_obj, baseline_text, prompt)
+    # TransformerLens tokenises by briefly changing the model's defaults (prepend_bos), so
+    # tokenising holds the model's lock too: a concurrent request must never lose its BOS.
+    with model_lock(model_obj):
+        prompt = prepare_prompt(model_obj, text, answer, contrast, metric)
+        baseline_tokens = None
+        if baseline_text is not None:
+            baseline_tokens = prepare_baseline(model_obj, baseline_text, prompt)
     result = attribute(
         model_obj,
         sae_dict,
