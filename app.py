@@ -29,7 +29,7 @@ import spaces
 
 from token_trace import app_support as support
 from token_trace import app_views as views
-from token_trace import compute_node_attribution, layer_totals, plots
+from token_trace import compute_node_attribution, layer_totals, plots, top_nodes
 from token_trace.loading import BUNDLED_MODEL, release_sae_ids
 
 logger = logging.getLogger("token_trace.app")
@@ -297,7 +297,7 @@ class TokenTraceApp:
         )
         df = self.obtain(settings, progress).df
         if top_k and top_k > 0:
-            df = df.loc[df["attribution"].abs().nlargest(int(top_k)).index]
+            df = top_nodes(df, int(top_k))
         return support.records(df)
 
     def summary(

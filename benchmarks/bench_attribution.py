@@ -304,6 +304,7 @@ def measure(
             seconds, peak, result = timed(fn, repeats, args.device)
         rows = len(result) if isinstance(result, pd.DataFrame) else None
         measured[name] = (seconds, peak, rows if rows is not None else result)
+        print(f"  {length} tokens, {name}: {seconds * 1000:.0f} ms", flush=True)
     floor_seconds = measured["floor"][0]
     return pd.DataFrame(
         [
