@@ -290,9 +290,10 @@ def measure(
         "forward": lambda: model(prompt),
         "forward+backward": lambda: forward_backward(model, prompt, metric),
         "floor": lambda: floor(model, saes, prompt, metric),
-        "token-trace atp": lambda: compute_node_attribution(prompt, model, saes),
+        # The library reads all but the last token and predicts it: the same work as the floor's.
+        "token-trace atp": lambda: compute_node_attribution(tokens, model, saes),
         f"token-trace ig{args.ig_steps}": lambda: compute_node_attribution(
-            prompt, model, saes, method="ig", ig_steps=args.ig_steps
+            tokens, model, saes, method="ig", ig_steps=args.ig_steps
         ),
     }
     if not args.skip_naive:
@@ -331,7 +332,10 @@ def main() -> None:
     parser.add_argument("--ig-steps", type=int, default=10)
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-app", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = args.device
 
