@@ -13,6 +13,8 @@ Rows, per prompt length (median of --repeats runs after a warm-up, and as a rati
 - floor: the least work node attribution needs: one forward and one backward keeping the gradient
   at the 13 hooks, the 13 encodes, and gradient . decoder row for the active features only;
 - token-trace atp / ig: `compute_node_attribution` end to end, to the DataFrame;
+- token-trace atp, batch of B: `compute_node_attribution_batch` on --batch prompts of that length
+  in one call (times per prompt);
 - naive: SAEs spliced into the forward pass, dense decoder products, one Python dict per node.
 """
 
@@ -39,7 +41,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from token_trace import compute_node_attribution
+from token_trace import compute_node_attribution, compute_node_attribution_batch
 from token_trace.hooks import final_residual, logits_at
 from token_trace.metrics import token_logprob
 from token_trace.splice import spliced
@@ -283,7 +285,8 @@ def measure(
 ) -> pd.DataFrame:
     """Every case on one random prompt of `length` tokens, as a table with ratios to the floor."""
     calibrate(model, saes, length)
-    tokens = torch.randint(0, model.cfg.d_vocab, (1, length + 1)).to(args.device)
+    all_tokens = torch.randint(0, model.cfg.d_vocab, (args.batch, length + 1)).to(args.device)
+    tokens = all_tokens[:1]
     prompt, target = tokens[:, :-1], int(tokens[0, -1])
     metric = token_logprob([target], [length - 1], "benchmark log-prob")
     cases: dict[str, Callable[[], object]] = {
@@ -296,6 +299,11 @@ def measure(
             tokens, model, saes, method="ig", ig_steps=args.ig_steps
         ),
     }
+    batch_case = f"token-trace atp, batch of {args.batch}"
+    if args.batch > 1:
+        cases[batch_case] = lambda: compute_node_attribution_batch(
+            list(all_tokens.split(1)), model, saes
+        )
     if not args.skip_naive:
         cases["naive reference"] = lambda: naive(model, saes, prompt, metric)
     measured = {}
@@ -303,8 +311,11 @@ def measure(
         repeats = 1 if name == "naive reference" else args.repeats
         with torch.no_grad() if name == "forward" else torch.enable_grad():
             seconds, peak, result = timed(fn, repeats, args.device)
-        rows = len(result) if isinstance(result, pd.DataFrame) else None
-        measured[name] = (seconds, peak, rows if rows is not None else result)
+        if isinstance(result, list):  # one table per prompt of a batch
+            seconds, rows = seconds / len(result), len(result[0])
+        else:
+            rows = len(result) if isinstance(result, pd.DataFrame) else result
+        measured[name] = (seconds, peak, rows)
         print(f"  {length} tokens, {name}: {seconds * 1000:.0f} ms", flush=True)
     floor_seconds = measured["floor"][0]
     return pd.DataFrame(
@@ -312,7 +323,7 @@ def measure(
             {
                 "tokens": length,
                 "case": name,
-                "ms": round(seconds * 1000, 1),
+                "ms/prompt": round(seconds * 1000, 1),
                 "x floor": round(seconds / floor_seconds, 2),
                 "rows": rows if isinstance(rows, int) else None,
                 "extra MiB": round(peak / 2**20),
@@ -330,6 +341,7 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 128])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ig-steps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=8, help="prompts per batched call")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-app", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")

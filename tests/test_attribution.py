@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from tests.conftest import PROMPT
-from token_trace import Node, ablation_effects, compute_node_attribution, top_nodes
+from token_trace import (
+    Node,
+    ablation_effects,
+    compute_node_attribution,
+    compute_node_attribution_batch,
+    top_nodes,
+)
 from token_trace.hooks import final_residual, logits_at
 from token_trace.prompts import prepare_baseline, prepare_prompt
 from token_trace.splice import spliced
@@ -235,3 +241,76 @@ def test_custom_metric_callable(model, saes):
     assert df.attrs["metric_value"] == pytest.approx(
         float(logits[0, -1, model.to_single_token(" Mary")]), rel=1e-5
     )
+
+
+BATCH = [
+    (PROMPT, {"answer": " Mary", "contrast": " John"}),
+    ("The capital of France is", {"answer": " Paris"}),
+    ("The cat sat on the mat .", {}),
+]
+
+
+@pytest.mark.parametrize(
+    "method, baseline",
+    [("atp", False), ("ig", False), ("ig", True)],
+)
+def test_a_padded_batch_equals_each_prompt_alone(model, saes, method, baseline):
+    """Prompts of different lengths and metrics in one batch: each table as if run alone."""
+    texts = [text for text, _ in BATCH]
+    answers = [kwargs.get("answer", text.split(" ")[-1]) for text, kwargs in BATCH]
+    contrasts = [kwargs.get("contrast") for _, kwargs in BATCH]
+    # Without contrast, an answer scores log p(answer); the third prompt scores its last word.
+    texts[2], answers[2] = "The cat sat on the mat", " ."
+    if baseline:
+        texts, answers, contrasts = texts[:1], answers[:1], contrasts[:1]
+        texts.append("When Mary and John went to the store , John gave a book to")
+        answers.append(" Mary")
+        contrasts.append(" John")
+    baselines = [COUNTERFACTUAL] * len(texts) if baseline else None
+    steps = {"method": method, "ig_steps": 3}
+    frames = compute_node_attribution_batch(
+        texts,
+        model,
+        saes,
+        answers=answers,
+        contrasts=contrasts,
+        baseline_texts=baselines,
+        **steps,
+    )
+    assert len({len(model.to_tokens(t)[0]) for t in texts}) > 1 or baseline
+    for index, (text, answer, contrast) in enumerate(zip(texts, answers, contrasts)):
+        alone = compute_node_attribution(
+            text,
+            model,
+            saes,
+            answer=answer,
+            contrast=contrast,
+            baseline_text=None if baselines is None else baselines[index],
+            **steps,
+        )
+        batched = frames[index]
+        assert batched.attrs["tokens"] == alone.attrs["tokens"]
+        assert batched.attrs["metric_value"] == pytest.approx(alone.attrs["metric_value"], rel=1e-5)
+        top_batched, top_alone = (
+            batched.attrs["top_predictions"][0],
+            alone.attrs["top_predictions"][0],
+        )
+        assert top_batched["token"] == top_alone["token"]
+        assert top_batched["probability"] == pytest.approx(top_alone["probability"], rel=1e-5)
+        pd.testing.assert_frame_equal(
+            batched.drop(columns=["activation", "baseline_activation", "gradient", "attribution"]),
+            alone.drop(columns=["activation", "baseline_activation", "gradient", "attribution"]),
+        )
+        for column in ("activation", "baseline_activation", "gradient", "attribution"):
+            np.testing.assert_allclose(batched[column], alone[column], rtol=1e-4, atol=1e-5)
+
+
+def test_batch_errors_name_the_prompt(model, saes):
+    with pytest.raises(ValueError, match=r"Prompt 1: .*2 tokens"):
+        compute_node_attribution_batch(
+            [PROMPT, PROMPT], model, saes, answers=[" Mary", " Mary went"], contrasts=[" John"] * 2
+        )
+    with pytest.raises(ValueError, match="answers has 1 entries for 2 prompts"):
+        compute_node_attribution_batch([PROMPT, PROMPT], model, saes, answers=[" Mary"])
+    with pytest.raises(ValueError, match="No prompts"):
+        compute_node_attribution_batch([], model, saes)

@@ -7,6 +7,8 @@ import threading
 import pandas as pd
 import pytest
 import torch
+from sae_lens import TopKSAE, TopKSAEConfig
+from sae_lens.saes.sae import SAEMetadata
 
 from tests.conftest import PROMPT
 from token_trace import COLUMNS, LoadError, compute_node_attribution, loading
@@ -125,3 +127,20 @@ def test_download_failure_is_a_load_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(LoadError, match="ioi-demo"):
         loading.load_saes([SAESpec("gpt2-small-res-jb", "blocks.3.hook_resid_pre")], device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"normalize_activations": "expected_average_only_in"}, "normalises activations"),
+        ({"rescale_acts_by_decoder_norm": True}, "decoder norms"),
+    ],
+)
+def test_saes_whose_decoder_is_not_linear_are_refused(model, setting, message):
+    """The engine's nodes assume reconstruction = features @ W_dec + b_dec."""
+    hook = "blocks.0.hook_resid_pre"
+    cfg = TopKSAEConfig(
+        k=4, d_in=model.cfg.d_model, d_sae=32, metadata=SAEMetadata(hook_name=hook), **setting
+    )
+    with pytest.raises(ValueError, match=message):
+        compute_node_attribution(PROMPT, model, {hook: TopKSAE(cfg)})

@@ -7,7 +7,7 @@
 from token_trace.ablation import Node, ablation_effects
 from token_trace.loading import LoadError, load_model, load_saes
 from token_trace.nodes import COLUMNS, layer_totals, position_totals, top_nodes
-from token_trace.pipeline import compute_node_attribution
+from token_trace.pipeline import compute_node_attribution, compute_node_attribution_batch
 
 __all__ = [
     "COLUMNS",
@@ -15,6 +15,7 @@ __all__ = [
     "Node",
     "ablation_effects",
     "compute_node_attribution",
+    "compute_node_attribution_batch",
     "layer_totals",
     "load_model",
     "load_saes",

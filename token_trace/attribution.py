@@ -12,13 +12,14 @@ baseline (zero, or a counterfactual prompt).
 Integrated gradients replace `g` by its average over activations interpolated, one SAE layer at a
 time, between the clean and the baseline activation (recomputing only the blocks above that layer).
 
+Several prompts run as one right-padded batch (see `Batch`): one forward and one backward for all.
 Results stay sparse: only active features get a row, and no `T x d_sae` gradient table is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from sae_lens import SAE
@@ -47,10 +48,13 @@ class NodeTensors:
     def concat(cls, parts: list[NodeTensors]) -> NodeTensors:
         return cls(*(torch.cat(column) for column in zip(*(vars(p).values() for p in parts))))
 
+    def select(self, mask: torch.Tensor) -> NodeTensors:
+        return NodeTensors(*(column[mask] for column in vars(self).values()))
+
 
 @dataclass(frozen=True)
 class Attribution:
-    """What one engine run produces: the nodes, the metric, and the model's next-token logits."""
+    """What one engine run produces for one prompt: its nodes, its metric, its next-token logits."""
 
     hook_names: list[str]
     nodes: NodeTensors
@@ -59,9 +63,50 @@ class Attribution:
     last_logits: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Prompts right-padded into one `[batch, T]` tensor, each with its own metric.
+
+    Attention is causal, so padding after a prompt's last token never reaches its own positions:
+    each row computes exactly what the prompt alone would, and its metric reads only its own
+    positions (`lengths[b]` tokens).
+    """
+
+    tokens: torch.Tensor
+    lengths: list[int]
+    metrics: list[Metric]
+
+    @classmethod
+    def of(cls, prompts: Sequence[torch.Tensor], metrics: Sequence[Metric]) -> Batch:
+        """Pad `[1, T_b]` token tensors (on one device) into a batch."""
+        lengths = [int(t.shape[-1]) for t in prompts]
+        tokens = prompts[0].new_zeros(len(prompts), max(lengths))
+        for row, (prompt, length) in enumerate(zip(prompts, lengths)):
+            tokens[row, :length] = prompt.reshape(-1)
+        return cls(tokens, lengths, list(metrics))
+
+    def valid(self) -> torch.Tensor:
+        """`[batch, T]` mask of real (not padding) positions."""
+        positions = torch.arange(self.tokens.shape[1], device=self.tokens.device)
+        lengths = torch.tensor(self.lengths, device=self.tokens.device)
+        return positions < lengths.unsqueeze(1)
+
+    def metric_values(self, model: HookedTransformer, residual: torch.Tensor) -> torch.Tensor:
+        """Each prompt's metric on `residual` (`[copies * batch, T, d_model]`), `[copies, batch]`.
+
+        Rows are copy-major: row `c * batch + b` belongs to prompt `b`.
+        """
+        residual = residual.view(-1, len(self.lengths), *residual.shape[1:])
+        values = [
+            metric(logits_at(model, residual[:, row, :length], metric.positions))
+            for row, (metric, length) in enumerate(zip(self.metrics, self.lengths))
+        ]
+        return torch.stack(values, dim=1)
+
+
 @dataclass
 class _Pass:
-    """Activations (and gradients) captured at the hooks during one run."""
+    """Activations (and gradients) captured at the hooks during one run, `[batch, T, ...]`."""
 
     metric: torch.Tensor
     acts: dict[str, torch.Tensor]
@@ -72,14 +117,17 @@ class _Pass:
 
 def _run(
     model: HookedTransformer,
+    batch: Batch,
     tokens: torch.Tensor,
     hook_names: list[str],
-    metric: Metric,
     *,
     with_grads: bool,
     resid_pre_layers: set[int] = frozenset(),
 ) -> _Pass:
-    """One forward (and, with grads, one backward) pass capturing every hook at once."""
+    """One forward (and, with grads, one backward) pass capturing every hook at once.
+
+    `tokens` are the batch's own tokens or its counterfactual twin (same lengths).
+    """
     acts: dict[str, torch.Tensor] = {}
     resid_pre: dict[int, torch.Tensor] = {}
 
@@ -97,19 +145,21 @@ def _run(
     fwd_hooks += [(f"blocks.{layer}.hook_resid_pre", capture_resid) for layer in resid_pre_layers]
     with torch.set_grad_enabled(with_grads), hooked(model, fwd_hooks):
         residual = final_residual(model, tokens)
-        value = metric(logits_at(model, residual, metric.positions))
+        values = batch.metric_values(model, residual)[0]
         with torch.no_grad():
-            last_logits = logits_at(model, residual, [tokens.shape[1] - 1])[0, 0]
+            rows = torch.arange(len(batch.lengths), device=residual.device)
+            last = torch.tensor(batch.lengths, device=residual.device) - 1
+            last_logits = logits_at(model, residual[rows, last].unsqueeze(1), None)[:, 0]
         grads: dict[str, torch.Tensor] = {}
         if with_grads:
             inputs = [acts[name] for name in hook_names]
-            found = torch.autograd.grad(value.sum(), inputs, allow_unused=True)
+            found = torch.autograd.grad(values.sum(), inputs, allow_unused=True)
             for name, act, grad in zip(hook_names, inputs, found):
                 grads[name] = torch.zeros_like(act) if grad is None else grad
     return _Pass(
-        value.detach(),
-        {name: act.detach()[0] for name, act in acts.items()},
-        {name: grad[0] for name, grad in grads.items()},
+        values.detach(),
+        {name: act.detach() for name, act in acts.items()},
+        grads,
         resid_pre,
         last_logits,
     )
@@ -117,36 +167,41 @@ def _run(
 
 def _integrated_gradient(
     model: HookedTransformer,
-    tokens: torch.Tensor,
+    batch: Batch,
     hook_name: str,
     clean: torch.Tensor,
+    clean_grad: torch.Tensor,
     patch: torch.Tensor,
     resid_pre: dict[int, torch.Tensor],
-    metric: Metric,
     steps: int,
 ) -> torch.Tensor:
-    """Mean metric gradient at `hook_name` over `steps` points from clean towards patch.
+    """Mean metric gradient at `hook_name` at the points `clean + k/steps (patch - clean)`.
 
-    Only this hook's activation is interpolated; everything above it is recomputed and everything
-    below stays clean, so the run starts at the hook's own block.
+    The first point (k = 0) is the clean activation, whose gradient the clean pass already has,
+    so only `steps - 1` points are run (none for one step, which is attribution patching), all
+    prompts and points in one batch. Only this hook's activation is interpolated; everything above
+    it is recomputed and everything below stays clean, so the runs start at the hook's own block.
     """
-    alphas = torch.arange(steps, device=clean.device, dtype=clean.dtype) / steps
+    if steps == 1:
+        return clean_grad
+    copies = steps - 1
+    alphas = torch.arange(1, steps, device=clean.device, dtype=clean.dtype) / steps
     alphas = alphas.view(-1, *([1] * clean.ndim))
     interpolated = (clean + alphas * (patch - clean)).requires_grad_(True)
 
-    def replace(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
-        return interpolated.to(act.dtype)
+    def swap_in(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        return interpolated.flatten(0, 1).to(act.dtype)
 
     layer = block_index(hook_name)
     if layer is None:
-        start, inputs = None, tokens.expand(steps, -1)
+        start, inputs = None, batch.tokens.repeat(copies, 1)
     else:
-        start, inputs = layer, resid_pre[layer].expand(steps, -1, -1)
-    with torch.enable_grad(), hooked(model, [(hook_name, replace)]):
+        start, inputs = layer, resid_pre[layer].repeat(copies, 1, 1)
+    with torch.enable_grad(), hooked(model, [(hook_name, swap_in)]):
         residual = final_residual(model, inputs, start_at_layer=start)
-        values = metric(logits_at(model, residual, metric.positions))
+        values = batch.metric_values(model, residual)
         (grad,) = torch.autograd.grad(values.sum(), interpolated)
-    return grad.mean(0)
+    return (clean_grad + grad.sum(0)) / steps
 
 
 def _reconstruction(
@@ -211,14 +266,17 @@ def layer_nodes(
 def attribute(
     model: HookedTransformer,
     saes: Mapping[str, SAE],
-    tokens: torch.Tensor,
-    metric: Metric,
+    batch: Batch,
     *,
     method: str = "atp",
     ig_steps: int = 10,
     baseline_tokens: torch.Tensor | None = None,
-) -> Attribution:
-    """Attribute `metric` on `tokens` (`[1, T]`) to every node of every SAE in `saes`."""
+) -> list[Attribution]:
+    """Attribute each prompt's metric to every node of every SAE in `saes`, one result per prompt.
+
+    All prompts share one forward and one backward pass (and, for IG, one batch per SAE layer);
+    `baseline_tokens` are counterfactual prompts padded like `batch.tokens`.
+    """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
     if method == "ig" and ig_steps < 1:
@@ -227,41 +285,47 @@ def attribute(
     layers = {block_index(name) for name in hook_names} - {None}
     clean = _run(
         model,
-        tokens,
+        batch,
+        batch.tokens,
         hook_names,
-        metric,
-        with_grads=method == "atp",
+        with_grads=True,
         resid_pre_layers=layers if method == "ig" else frozenset(),
     )
     baseline = None
     if baseline_tokens is not None:
-        baseline = _run(model, baseline_tokens, hook_names, metric, with_grads=False)
+        baseline = _run(model, batch, baseline_tokens, hook_names, with_grads=False)
 
+    valid = batch.valid()
+    prompt_of, position_of = valid.nonzero(as_tuple=True)
     parts = []
     for index, name in enumerate(hook_names):
         sae = saes[name]
         act = clean.acts[name]
         base_act = None if baseline is None else baseline.acts[name]
-        if method == "atp":
-            grad = clean.grads[name]
-        else:
+        grad = clean.grads[name]
+        if method == "ig":
             # The zero baseline sets every feature and the error to 0, leaving x = b_dec.
             patch = base_act if base_act is not None else sae.b_dec.to(act.dtype).expand_as(act)
+            patch = patch.reshape(act.shape)
             grad = _integrated_gradient(
-                model,
-                tokens,
-                name,
-                act,
-                patch.reshape(act.shape),
-                clean.resid_pre,
-                metric,
-                ig_steps,
+                model, batch, name, act, grad, patch, clean.resid_pre, ig_steps
             )
-        parts.append(layer_nodes(sae, index, act, grad, base_act))
-    return Attribution(
-        hook_names=hook_names,
-        nodes=NodeTensors.concat(parts),
-        metric_value=float(clean.metric[0]),
-        baseline_metric_value=None if baseline is None else float(baseline.metric[0]),
-        last_logits=clean.last_logits,
-    )
+        parts.append(
+            layer_nodes(
+                sae, index, act[valid], grad[valid], None if base_act is None else base_act[valid]
+            )
+        )
+    # layer_nodes numbers positions within the flattened real positions of all prompts.
+    nodes = NodeTensors.concat(parts)
+    node_prompt = prompt_of[nodes.position]
+    nodes = replace(nodes, position=position_of[nodes.position])
+    return [
+        Attribution(
+            hook_names=hook_names,
+            nodes=nodes.select(node_prompt == row),
+            metric_value=float(clean.metric[row]),
+            baseline_metric_value=None if baseline is None else float(baseline.metric[row]),
+            last_logits=clean.last_logits[row],
+        )
+        for row in range(len(batch.lengths))
+    ]

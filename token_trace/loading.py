@@ -237,3 +237,10 @@ def check_saes_fit_model(saes: Mapping[str, SAE], model: HookedTransformer) -> N
                 f"({sae.cfg.normalize_activations!r}); token-trace needs SAEs whose reconstruction "
                 "is features @ W_dec + b_dec."
             )
+        if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+            raise ValueError(
+                f"The SAE at {hook_name!r} divides its features by the decoder norms when "
+                "decoding (rescale_acts_by_decoder_norm); token-trace needs SAEs whose "
+                "reconstruction is features @ W_dec + b_dec: fold the norms first "
+                "(sae.fold_W_dec_norm())."
+            )

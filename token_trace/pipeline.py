@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import pandas as pd
 import torch
@@ -10,12 +12,20 @@ from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
 from token_trace import loading
-from token_trace.attribution import attribute
+from token_trace.attribution import Attribution, Batch, attribute
 from token_trace.hooks import model_lock
 from token_trace.nodes import SAEInfo, node_frame, residual_layer
-from token_trace.prompts import TextOrTokens, prepare_baseline, prepare_prompt, str_tokens
+from token_trace.prompts import (
+    Prompt,
+    TextOrTokens,
+    prepare_baseline,
+    prepare_prompt,
+    str_tokens,
+)
 
 SAEArgument = str | Sequence[tuple[str, str]] | Mapping[str, SAE] | None
+Answer = str | int | Sequence[int]
+MetricArgument = str | Callable[[torch.Tensor], torch.Tensor] | None
 N_TOP_PREDICTIONS = 10
 
 
@@ -59,9 +69,9 @@ def compute_node_attribution(
     model: str | HookedTransformer = loading.DEFAULT_MODEL,
     saes: SAEArgument = None,
     *,
-    answer: str | int | Sequence[int] | None = None,
-    contrast: str | int | Sequence[int] | None = None,
-    metric: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    answer: Answer | None = None,
+    contrast: Answer | None = None,
+    metric: MetricArgument = None,
     method: str = "atp",
     ig_steps: int = 10,
     baseline_text: TextOrTokens | None = None,
@@ -89,31 +99,113 @@ def compute_node_attribution(
         One row per node (see `token_trace.nodes.COLUMNS`); `attribution` estimates
         `metric(clean) - metric(node set to its baseline)`. `df.attrs` holds the run's metadata.
     """
+    (df,) = compute_node_attribution_batch(
+        [text],
+        model,
+        saes,
+        answers=None if answer is None else [answer],
+        contrasts=None if contrast is None else [contrast],
+        metric=metric,
+        method=method,
+        ig_steps=ig_steps,
+        baseline_texts=None if baseline_text is None else [baseline_text],
+        device=device,
+    )
+    return df
+
+
+def compute_node_attribution_batch(
+    texts: Sequence[TextOrTokens],
+    model: str | HookedTransformer = loading.DEFAULT_MODEL,
+    saes: SAEArgument = None,
+    *,
+    answers: Sequence[Answer] | None = None,
+    contrasts: Sequence[Answer] | None = None,
+    metric: MetricArgument = None,
+    method: str = "atp",
+    ig_steps: int = 10,
+    baseline_texts: Sequence[TextOrTokens] | None = None,
+    device: str | None = None,
+) -> list[pd.DataFrame]:
+    """`compute_node_attribution` for several prompts at once: one table per prompt.
+
+    The prompts (of any lengths) run as one padded batch, so a batch costs one forward and one
+    backward pass; on a GPU that is little more than one prompt's. `answers`, `contrasts` and
+    `baseline_texts`, when given, hold one entry per prompt; `metric` applies to all. Each table
+    equals what `compute_node_attribution` returns for its prompt alone (up to float rounding).
+    """
+    texts = list(texts)
+    if not texts:
+        raise ValueError("No prompts given.")
+    per_prompt = {"answers": answers, "contrasts": contrasts, "baseline_texts": baseline_texts}
+    for name, values in per_prompt.items():
+        if values is not None and len(values) != len(texts):
+            raise ValueError(f"{name} has {len(values)} entries for {len(texts)} prompts.")
     model_obj, model_name, sae_dict, infos = resolve(model, saes, device)
     # TransformerLens tokenises by briefly changing the model's defaults (prepend_bos), so
     # tokenising holds the model's lock too: a concurrent request must never lose its BOS.
     with model_lock(model_obj):
-        prompt = prepare_prompt(model_obj, text, answer, contrast, metric)
-        baseline_tokens = None
-        if baseline_text is not None:
-            baseline_tokens = prepare_baseline(model_obj, baseline_text, prompt)
-    result = attribute(
+        prompts, baselines = [], []
+        for index, text in enumerate(texts):
+            with _naming_prompt(index, len(texts)):
+                prompt = prepare_prompt(
+                    model_obj,
+                    text,
+                    None if answers is None else answers[index],
+                    None if contrasts is None else contrasts[index],
+                    metric,
+                )
+                prompts.append(prompt)
+                if baseline_texts is not None:
+                    baselines.append(prepare_baseline(model_obj, baseline_texts[index], prompt))
+    batch = Batch.of([p.tokens for p in prompts], [p.metric for p in prompts])
+    results = attribute(
         model_obj,
         sae_dict,
-        prompt.tokens,
-        prompt.metric,
+        batch,
         method=method,
         ig_steps=ig_steps,
-        baseline_tokens=baseline_tokens,
+        baseline_tokens=Batch.of(baselines, batch.metrics).tokens if baselines else None,
     )
+    run = {
+        "model": model_name,
+        "saes": [info.sae_id for info in infos],
+        "method": method,
+        "ig_steps": ig_steps if method == "ig" else None,
+        "baseline": "zero" if baseline_texts is None else "counterfactual",
+    }
+    return [
+        _prompt_frame(model_obj, result, prompt, infos, run)
+        for result, prompt in zip(results, prompts)
+    ]
+
+
+@contextmanager
+def _naming_prompt(index: int, n_prompts: int) -> Iterator[None]:
+    """In a batch, say which prompt a validation error is about."""
+    try:
+        yield
+    except ValueError as error:
+        if n_prompts == 1:
+            raise
+        raise ValueError(f"Prompt {index}: {error}") from error
+
+
+def _prompt_frame(
+    model: HookedTransformer,
+    result: Attribution,
+    prompt: Prompt,
+    infos: list[SAEInfo],
+    run: dict[str, Any],
+) -> pd.DataFrame:
+    """One prompt's node table, with the run's metadata in `df.attrs`."""
     df = node_frame(result, infos, prompt.str_tokens)
     probs = result.last_logits.float().softmax(-1)
     top = probs.topk(min(N_TOP_PREDICTIONS, probs.shape[0]))
-    bos = model_obj.tokenizer.bos_token_id if model_obj.tokenizer is not None else None
+    bos = model.tokenizer.bos_token_id if model.tokenizer is not None else None
     df.attrs.update(
         {
-            "model": model_name,
-            "saes": [info.sae_id for info in infos],
+            **run,
             "hook_names": result.hook_names,
             "tokens": prompt.str_tokens,
             "token_ids": prompt.tokens[0].tolist(),
@@ -122,13 +214,10 @@ def compute_node_attribution(
             "metric_description": prompt.metric.description,
             "metric_value": result.metric_value,
             "target": prompt.target,
-            "method": method,
-            "ig_steps": ig_steps if method == "ig" else None,
-            "baseline": "zero" if baseline_text is None else "counterfactual",
             "baseline_metric_value": result.baseline_metric_value,
             "top_predictions": [
                 {"token": token, "probability": float(p)}
-                for token, p in zip(str_tokens(model_obj, top.indices), top.values.tolist())
+                for token, p in zip(str_tokens(model, top.indices), top.values.tolist())
             ],
         }
     )
