@@ -52,7 +52,7 @@ def load_demo_model(device: str = "cpu") -> HookedTransformer:
 
 
 def load_demo_saes(device: str = "cpu") -> dict[str, SAE]:
-    """One `StandardSAE` per hook point, keyed by hook name, in layer order."""
+    """One SAE per hook point, keyed by hook name, in layer order."""
     return {
         name: SAE.load_from_disk(WEIGHTS_DIR / "saes" / name, device=device)
         for name in demo_hook_names()

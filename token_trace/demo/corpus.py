@@ -19,6 +19,7 @@ seed fixes the corpus.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import zlib
@@ -288,10 +289,16 @@ def corpus_document(rng: random.Random, split: Split = "train") -> Document:
     return Document(fact_text(rng), "fact")
 
 
+def corpus_stream(seed: int, split: Split = "train") -> Iterator[str]:
+    """An endless stream of mixed-corpus documents, fixed by `seed`."""
+    rng = random.Random(seed)
+    while True:
+        yield corpus_document(rng, split).text
+
+
 def corpus_texts(n: int, seed: int, split: Split = "train") -> list[str]:
     """`n` documents of the mixed corpus, fixed by `seed`."""
-    rng = random.Random(seed)
-    return [corpus_document(rng, split).text for _ in range(n)]
+    return list(itertools.islice(corpus_stream(seed, split), n))
 
 
 def heldout_ioi_examples(n: int, seed: int = 1234) -> list[IOIExample]:

@@ -33,7 +33,13 @@ from transformer_lens import HookedTransformer
 
 from token_trace.demo import cards, corpus, evaluate
 from token_trace.demo.model import demo_config, load_model, save_model
-from token_trace.demo.sae import SAESettings, save_sae, train_sae
+from token_trace.demo.sae import (
+    SAESettings,
+    SpliceSettings,
+    finetune_spliced,
+    save_sae,
+    train_sae,
+)
 from token_trace.demo.tokenizer import END_OF_TEXT, build_tokenizer, load_tokenizer
 
 SEED = 0
@@ -52,14 +58,19 @@ class ModelSettings:
     """Transformer training hyperparameters."""
 
     n_layers: int = 3
-    steps: int = 2500
+    steps: int = 3000
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 200
     weight_decay: float = 0.01
     # The loss is over whole documents; the IOI answer token counts this many times more, since it
     # is the one token of an IOI sentence that needs the circuit the demo exists to show.
-    answer_weight: float = 3.0
+    answer_weight: float = 5.0
+
+
+MODEL_SETTINGS = ModelSettings()
+SAE_SETTINGS = SAESettings()
+SPLICE_SETTINGS = SpliceSettings()
 
 
 def hook_names(n_layers: int) -> list[str]:
@@ -132,21 +143,28 @@ def train_model(tokenizer: Tokenizer, settings: ModelSettings) -> HookedTransfor
     return model.eval()
 
 
-def train_saes(
-    model: HookedTransformer, settings: SAESettings, out: Path
-) -> dict[str, float]:
-    """Train and save one SAE per hook point; return each one's training time in seconds."""
+def train_saes(model: HookedTransformer, tokenizer: Tokenizer, out: Path) -> None:
+    """Train one SAE per hook point (stage 1), fine-tune them spliced together (stage 2), save."""
     names = hook_names(model.cfg.n_layers)
     texts = corpus.corpus_texts(N_SAE_TRAIN_TEXTS, seed=SEED + 1)
     activations = evaluate.hook_activations(model, texts, names, skip_bos=False)
-    seconds = {}
+    saes = {}
     for index, name in enumerate(names):
-        start = time.perf_counter()
-        sae = train_sae(activations[name], name, settings, seed=SEED + index)
+        saes[name] = train_sae(activations[name], name, SAE_SETTINGS, seed=SEED + index)
+        print(f"  stage 1: {name}", flush=True)
+    variances = {
+        name: (x - x.mean(dim=0)).pow(2).sum(-1).mean().item() for name, x in activations.items()
+    }
+    batches = _batches(
+        tokenizer,
+        random.Random(SEED + 5),
+        SPLICE_SETTINGS.batch_size,
+        MODEL_SETTINGS.answer_weight,
+    )
+    finetune_spliced(model, saes, batches, variances, SPLICE_SETTINGS)
+    print("  stage 2: spliced fine-tuning", flush=True)
+    for name, sae in saes.items():
         save_sae(sae, out / "saes" / name)
-        seconds[name] = time.perf_counter() - start
-        print(f"  {name}: {seconds[name]:.0f}s", flush=True)
-    return seconds
 
 
 def measure(model: HookedTransformer, saes: dict[str, SAE]) -> dict[str, Any]:
@@ -178,7 +196,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     out: Path = parser.parse_args().out
     torch.set_num_threads(THREADS)
-    model_settings, sae_settings = ModelSettings(), SAESettings()
     timings: dict[str, Any] = {}
     start = time.perf_counter()
 
@@ -188,13 +205,15 @@ def main() -> None:
     tokenizer.save(str(out / "tokenizer.json"))
 
     print("model", flush=True)
-    save_model(train_model(tokenizer, model_settings), out)
+    save_model(train_model(tokenizer, MODEL_SETTINGS), out)
     timings["model_s"] = time.perf_counter() - start
     # From here on, everything uses the files as shipped.
     model = load_model(out, load_tokenizer(out / "tokenizer.json"))
 
     print("SAEs", flush=True)
-    timings["sae_s"] = train_saes(model, sae_settings, out)
+    sae_start = time.perf_counter()
+    train_saes(model, tokenizer, out)
+    timings["saes_s"] = time.perf_counter() - sae_start
     names = hook_names(model.cfg.n_layers)
     saes = {name: SAE.load_from_disk(out / "saes" / name) for name in names}
 
@@ -214,8 +233,9 @@ def main() -> None:
         seed=SEED,
         threads=THREADS,
         rerun="python -m token_trace.demo.train",
-        model_settings=asdict(model_settings),
-        sae_settings=asdict(sae_settings),
+        model_settings=asdict(MODEL_SETTINGS),
+        sae_settings=asdict(SAE_SETTINGS),
+        splice_settings=asdict(SPLICE_SETTINGS),
         timings=timings,
     )
     metrics["shipped_mb"] = _size_mb(out)
