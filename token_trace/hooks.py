@@ -74,9 +74,12 @@ def logits_at(
     """Logits `[batch, len(positions), d_vocab]` from the final residual stream (all if None).
 
     The final norm and the unembedding act on each position alone, so slicing first is exact.
+    The product is written out rather than calling `model.unembed`, which copies the transposed
+    `W_U` (154 MB for GPT-2) on every call to match Hugging Face's bf16 rounding.
     """
     if positions is not None:
         residual = residual[:, list(positions)]
     if model.cfg.normalization_type is not None:
         residual = model.ln_final(residual)
-    return apply_softcap(model.unembed(residual), model.cfg.output_logits_soft_cap)
+    logits = residual @ model.unembed.W_U + model.unembed.b_U
+    return apply_softcap(logits, model.cfg.output_logits_soft_cap)
