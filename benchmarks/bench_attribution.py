@@ -151,6 +151,18 @@ def timed(fn: Callable[[], object], repeats: int, device: str) -> tuple[float, i
     return statistics.median(times), max(peak - held, 0), result
 
 
+def paired_ratio(
+    fn: Callable[[], object], reference: Callable[[], object], repeats: int, device: str
+) -> float:
+    """Median of `fn`'s time over `reference`'s, the two run back to back in each repeat, so that
+    drift in the machine's speed (which moves single medians by ~10% here) cancels."""
+    ratios = []
+    for _ in range(repeats):
+        seconds = [timed(f, 1, device)[0] for f in (fn, reference)]
+        ratios.append(seconds[0] / seconds[1])
+    return statistics.median(ratios)
+
+
 def floor(model, saes, tokens, metric) -> int:
     """The least work: hook gradients in one pass, encodes, products for active features only."""
     acts = {}
@@ -318,6 +330,8 @@ def measure(
         measured[name] = (seconds, peak, rows)
         print(f"  {length} tokens, {name}: {seconds * 1000:.0f} ms", flush=True)
     floor_seconds = measured["floor"][0]
+    ratio = paired_ratio(cases["token-trace atp"], cases["floor"], args.repeats, args.device)
+    print(f"  {length} tokens, token-trace atp / floor, paired runs: {ratio:.2f}", flush=True)
     return pd.DataFrame(
         [
             {
