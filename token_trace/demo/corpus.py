@@ -333,7 +333,13 @@ def vocabulary() -> list[str]:
     templates = [
         *(frame.text for frame in INTRO_FRAMES.values()),
         *(form for forms in PREDICATES.values() for form in forms),
-        *TIMES, *SETTINGS, *FILLERS, *LEADS, *ADVERBS, *ACTIONS.values(), *FACT_TEMPLATES,
+        *TIMES,
+        *SETTINGS,
+        *FILLERS,
+        *LEADS,
+        *ADVERBS,
+        *ACTIONS.values(),
+        *FACT_TEMPLATES,
         "a an the",
     ]
     words = {word for template in templates for word in _template_words(template)}

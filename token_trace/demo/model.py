@@ -36,8 +36,19 @@ def demo_config(d_vocab: int, n_layers: int = 3, seed: int = 0) -> HookedTransfo
 
 # The config fields that fully determine the architecture; everything else is a default.
 _SAVED_FIELDS = (
-    "model_name", "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab",
-    "act_fn", "normalization_type", "positional_embedding_type", "default_prepend_bos", "seed",
+    "model_name",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "d_head",
+    "d_mlp",
+    "n_ctx",
+    "d_vocab",
+    "act_fn",
+    "normalization_type",
+    "positional_embedding_type",
+    "default_prepend_bos",
+    "seed",
 )
 
 
@@ -59,4 +70,3 @@ def load_model(
     model = HookedTransformer(cfg, tokenizer=tokenizer)
     model.load_state_dict(load_file(directory / MODEL_FILE, device=device))
     return model.eval()
-

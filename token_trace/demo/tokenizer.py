@@ -27,7 +27,9 @@ def build_tokenizer(words: Iterable[str]) -> Tokenizer:
     leading space, in sorted order (so the vocabulary, and the ids, depend only on `words`)."""
     pre = _pre_tokenizer()
     pieces = {
-        piece for word in words for text in (word, " " + word)
+        piece
+        for word in words
+        for text in (word, " " + word)
         for piece, _ in pre.pre_tokenize_str(text)
     }
     vocab = {END_OF_TEXT: 0, UNKNOWN: 1}

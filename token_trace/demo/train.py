@@ -108,7 +108,6 @@ def _batches(
             yield tokens, weights
 
 
-
 def train_model(tokenizer: Tokenizer, settings: ModelSettings) -> HookedTransformer:
     """Next-token training on the corpus with AdamW, linear warm-up and cosine decay to 10%."""
     torch.manual_seed(SEED)
@@ -124,9 +123,7 @@ def train_model(tokenizer: Tokenizer, settings: ModelSettings) -> HookedTransfor
         return warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * step / settings.steps)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    batches = _batches(
-        tokenizer, random.Random(SEED), settings.batch_size, settings.answer_weight
-    )
+    batches = _batches(tokenizer, random.Random(SEED), settings.batch_size, settings.answer_weight)
     model.train()
     for step in range(settings.steps):
         tokens, weights = next(batches)
