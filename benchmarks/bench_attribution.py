@@ -21,6 +21,7 @@ Rows, per prompt length (median of --repeats runs after a warm-up, and as a rati
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import subprocess
@@ -221,6 +222,22 @@ def naive(model, saes, tokens, metric) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def half_precision_error(exact: pd.DataFrame, half: pd.DataFrame) -> str:
+    """How far half-precision SAEs move the attributions, relative to the largest |attribution|."""
+    keys = ["hook_name", "position", "feature"]
+    both = exact.merge(half, on=keys, how="outer", suffixes=("", "_half"), indicator=True)
+    in_one = int((both["_merge"] != "both").sum())
+    both = both.fillna({"attribution": 0.0, "attribution_half": 0.0})
+    difference = (both.attribution_half - both.attribution).abs() / both.attribution.abs().max()
+    top = both.attribution.abs().nlargest(100).index
+    top_half = both.attribution_half.abs().nlargest(100).index
+    return (
+        f"max |difference| {difference.max():.4f}, mean {difference.mean():.6f} of the largest "
+        f"|attribution|; {in_one} nodes active in only one; top-100 overlap "
+        f"{len(top.intersection(top_half))}"
+    )
+
+
 def forward_backward(model, tokens, metric) -> None:
     with torch.enable_grad():
         logits = model(tokens)
@@ -316,9 +333,17 @@ def measure(
         cases[batch_case] = lambda: compute_node_attribution_batch(
             list(all_tokens.split(1)), model, saes
         )
+    if args.half_saes:
+        half = {
+            hook: copy.deepcopy(sae).to(getattr(torch, args.half_saes))
+            for hook, sae in saes.items()
+        }
+        cases[f"token-trace atp, {args.half_saes} SAEs"] = lambda: compute_node_attribution(
+            tokens, model, half
+        )
     if not args.skip_naive:
         cases["naive reference"] = lambda: naive(model, saes, prompt, metric)
-    measured = {}
+    measured, results = {}, {}
     for name, fn in cases.items():
         repeats = 1 if name == "naive reference" else args.repeats
         with torch.no_grad() if name == "forward" else torch.enable_grad():
@@ -328,8 +353,14 @@ def measure(
         else:
             rows = len(result) if isinstance(result, pd.DataFrame) else result
         measured[name] = (seconds, peak, rows)
+        results[name] = result
         print(f"  {length} tokens, {name}: {seconds * 1000:.0f} ms", flush=True)
     floor_seconds = measured["floor"][0]
+    if args.half_saes:
+        error = half_precision_error(
+            results["token-trace atp"], results[f"token-trace atp, {args.half_saes} SAEs"]
+        )
+        print(f"  {length} tokens, {args.half_saes} SAEs against fp32: {error}", flush=True)
     ratio = paired_ratio(cases["token-trace atp"], cases["floor"], args.repeats, args.device)
     print(f"  {length} tokens, token-trace atp / floor, paired runs: {ratio:.2f}", flush=True)
     return pd.DataFrame(
@@ -356,6 +387,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ig-steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8, help="prompts per batched call")
+    parser.add_argument(
+        "--half-saes",
+        choices=["bfloat16", "float16"],
+        help="also time AtP with SAEs in this dtype, and print its error against fp32",
+    )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-app", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -119,3 +119,25 @@ def test_cli_prints_top_nodes_and_writes_tables(tmp_path, capsys):
 def test_cli_reports_bad_input_without_a_traceback(capsys):
     assert main(["", "--model", "ioi-demo", "--device", "cpu"]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_bf16_saes_keep_the_attribution_close_to_fp32():
+    """Half-precision SAEs change only the encodes: the top nodes and their values stay close,
+    and each layer's nodes still add up to (x - b_dec) . g in fp32 (the error node absorbs the
+    encoder's rounding), so layer totals move only by the rounding of b_dec itself."""
+    example = EXAMPLES[0]
+    fp32 = _attribute(example)
+    with pytest.warns(UserWarning, match="60x slower"):
+        bf16 = _attribute(example, sae_dtype="bfloat16")
+    top = top_nodes(fp32, 10)
+    keys = ["hook_name", "position", "feature"]
+    matched = top[keys].merge(bf16, on=keys, how="left")
+    assert matched.attribution.notna().all()
+    scale = top.attribution.abs().max()
+    deviation = np.abs(matched.attribution.to_numpy() - top.attribution.to_numpy()).max() / scale
+    totals = [df.groupby("hook_name", observed=True).attribution.sum() for df in (fp32, bf16)]
+    print(f"bf16 vs fp32: top-10 nodes differ by at most {deviation:.4f} of the largest")
+    assert deviation <= 0.02
+    np.testing.assert_allclose(totals[1], totals[0], rtol=2e-3)
+    with pytest.raises(ValueError, match="Unknown SAE dtype"):
+        _attribute(example, sae_dtype="int8")

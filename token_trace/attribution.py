@@ -210,7 +210,7 @@ def _reconstruction(
     """`f @ W_dec + b_dec` from the active entries only (`rows` = their decoder rows)."""
     out = torch.zeros(n_pos, rows.shape[1], dtype=rows.dtype, device=rows.device)
     out.index_add_(0, position, values.unsqueeze(1) * rows)
-    return out + sae.b_dec
+    return out + sae.b_dec.to(rows.dtype)
 
 
 @torch.no_grad()
@@ -225,26 +225,31 @@ def layer_nodes(
 
     `act`, `grad` and `baseline_act` are `[pos, ...]` activations at the hook (flattened here).
     A feature is a node where it is active in the clean run or in the baseline run.
+
+    Only the encode runs in the SAE's dtype; the few active rows are gathered and everything else
+    is computed in the activation's dtype. With a bf16 SAE, `x = reconstruction + error` then
+    still holds exactly in fp32 (the error node absorbs the encoder's rounding) and the gradients
+    along features keep fp32 precision.
     """
     n_pos = act.shape[0]
-    x = act.reshape(n_pos, -1).to(sae.dtype)
-    g = grad.reshape(n_pos, -1).to(sae.dtype)
-    f = sae.encode(x)
-    f_base = (
-        None if baseline_act is None else sae.encode(baseline_act.reshape(n_pos, -1).to(sae.dtype))
-    )
+    x = act.reshape(n_pos, -1)
+    g = grad.reshape(n_pos, -1).to(x.dtype)
+    f = sae.encode(x.to(sae.dtype))
+    base_x = None if baseline_act is None else baseline_act.reshape(n_pos, -1).to(x.dtype)
+    f_base = None if base_x is None else sae.encode(base_x.to(sae.dtype))
     active = f != 0 if f_base is None else (f != 0) | (f_base != 0)
     position, feature = active.nonzero(as_tuple=True)
-    rows = sae.W_dec[feature]
-    value = f[position, feature]
-    base_value = torch.zeros_like(value) if f_base is None else f_base[position, feature]
+    rows = sae.W_dec[feature].to(x.dtype)
+    value = f[position, feature].to(x.dtype)
+    base_value = (
+        torch.zeros_like(value) if f_base is None else f_base[position, feature].to(x.dtype)
+    )
     feature_grad = (rows * g[position]).sum(-1)
 
     error = x - _reconstruction(sae, position, rows, value, n_pos)
-    if f_base is None:
+    if base_x is None:
         base_error = torch.zeros_like(error)
     else:
-        base_x = baseline_act.reshape(n_pos, -1).to(sae.dtype)
         base_error = base_x - _reconstruction(sae, position, rows, base_value, n_pos)
     error_norm = error.norm(dim=-1)
     error_grad = (error * g).sum(-1) / error_norm.clamp_min(torch.finfo(error.dtype).tiny)
