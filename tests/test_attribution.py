@@ -11,6 +11,7 @@ from tests.conftest import PROMPT
 from token_trace import (
     Node,
     ablation_effects,
+    attribution,
     compute_node_attribution,
     compute_node_attribution_batch,
     top_nodes,
@@ -314,3 +315,13 @@ def test_batch_errors_name_the_prompt(model, saes):
         compute_node_attribution_batch([PROMPT, PROMPT], model, saes, answers=[" Mary"])
     with pytest.raises(ValueError, match="No prompts"):
         compute_node_attribution_batch([], model, saes)
+
+
+def test_chunked_node_extraction_equals_one_pass(model, saes, monkeypatch):
+    """On a CPU a big batch's nodes are extracted a few positions at a time: the same table (up to
+    float rounding, as matrix products over fewer rows block differently)."""
+    kwargs = {"answer": " Mary", "contrast": " John", "baseline_text": COUNTERFACTUAL}
+    whole = compute_node_attribution(PROMPT, model, saes, **kwargs)
+    monkeypatch.setattr(attribution, "CPU_CHUNK_POSITIONS", 5)
+    chunked = compute_node_attribution(PROMPT, model, saes, **kwargs)
+    pd.testing.assert_frame_equal(chunked, whole, rtol=1e-4, atol=1e-6)
