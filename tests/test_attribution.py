@@ -244,29 +244,26 @@ def test_custom_metric_callable(model, saes):
     )
 
 
+#: (text, answer, contrast): different lengths and metrics (logit difference, answer log-prob).
 BATCH = [
-    (PROMPT, {"answer": " Mary", "contrast": " John"}),
-    ("The capital of France is", {"answer": " Paris"}),
-    ("The cat sat on the mat .", {}),
+    (PROMPT, " Mary", " John"),
+    ("The capital of France is", " Paris", None),
+    ("The cat sat on the mat", " .", None),
+]
+#: Prompts with the same token count as COUNTERFACTUAL, which each is patched towards.
+SAME_LENGTH_BATCH = [
+    (PROMPT, " Mary", " John"),
+    ("When Mary and John went to the store , John gave a book to", " Mary", " John"),
 ]
 
 
 @pytest.mark.parametrize(
-    "method, baseline",
-    [("atp", False), ("ig", False), ("ig", True)],
+    "method, prompts, baseline",
+    [("atp", BATCH, False), ("ig", BATCH, False), ("ig", SAME_LENGTH_BATCH, True)],
 )
-def test_a_padded_batch_equals_each_prompt_alone(model, saes, method, baseline):
+def test_a_padded_batch_equals_each_prompt_alone(model, saes, method, prompts, baseline):
     """Prompts of different lengths and metrics in one batch: each table as if run alone."""
-    texts = [text for text, _ in BATCH]
-    answers = [kwargs.get("answer", text.split(" ")[-1]) for text, kwargs in BATCH]
-    contrasts = [kwargs.get("contrast") for _, kwargs in BATCH]
-    # Without contrast, an answer scores log p(answer); the third prompt scores its last word.
-    texts[2], answers[2] = "The cat sat on the mat", " ."
-    if baseline:
-        texts, answers, contrasts = texts[:1], answers[:1], contrasts[:1]
-        texts.append("When Mary and John went to the store , John gave a book to")
-        answers.append(" Mary")
-        contrasts.append(" John")
+    texts, answers, contrasts = (list(column) for column in zip(*prompts))
     baselines = [COUNTERFACTUAL] * len(texts) if baseline else None
     steps = {"method": method, "ig_steps": 3}
     frames = compute_node_attribution_batch(
