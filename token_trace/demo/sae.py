@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from sae_lens import TopKSAE, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
+from sae_lens.saes.topk_sae import TopK
 from transformer_lens import HookedTransformer
 
 from token_trace.demo.evaluate import splice_hooks
@@ -60,12 +61,6 @@ class SpliceSettings:
     mse_weight: float = 1.0
 
 
-def _topk(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """The `k` largest pre-activations per row, ReLU'd, others zero (as SAELens's `TopK`)."""
-    top = pre.topk(k, dim=-1)
-    return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
-
-
 @torch.no_grad()
 def _unit_decoder_rows(W_dec: torch.Tensor) -> None:
     W_dec /= W_dec.norm(dim=1, keepdim=True)
@@ -85,6 +80,7 @@ def _train(
         "b_dec": x.mean(dim=0).clone().requires_grad_(),
     }
     optimizer = torch.optim.Adam(weights.values(), lr=settings.lr)
+    activation = TopK(settings.k)  # SAELens's own, so training and inference select alike
     decay_start = int(0.8 * settings.steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (settings.steps - step) / (settings.steps - decay_start))
@@ -92,7 +88,7 @@ def _train(
     for _ in range(settings.steps):
         batch = x[torch.randint(len(x), (settings.batch_size,), generator=generator)]
         pre = (batch - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"]
-        reconstruction = _topk(pre, settings.k) @ weights["W_dec"] + weights["b_dec"]
+        reconstruction = activation(pre) @ weights["W_dec"] + weights["b_dec"]
         loss = (reconstruction - batch).pow(2).sum(-1).mean()
         optimizer.zero_grad()
         loss.backward()
