@@ -9,7 +9,6 @@ than an attribution run.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import functools
 import os
@@ -227,8 +226,7 @@ def load_saes(
 @functools.lru_cache(maxsize=64)
 def _load_sae_cached(release: str, sae_id: str, device: str, dtype: str) -> SAE:
     if release == BUNDLED_MODEL:
-        sae = _demo_saes(device)[sae_id]
-        return sae if dtype == "float32" else copy.deepcopy(sae).to(getattr(torch, dtype))
+        return _demo_saes(device, dtype)[sae_id]
     try:
         sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
     except Exception as err:
@@ -240,10 +238,10 @@ def _load_sae_cached(release: str, sae_id: str, device: str, dtype: str) -> SAE:
 
 
 @functools.lru_cache(maxsize=2)
-def _demo_saes(device: str) -> dict[str, SAE]:
+def _demo_saes(device: str, dtype: str) -> dict[str, SAE]:
     from token_trace import demo
 
-    return demo.load_demo_saes(device=device)
+    return demo.load_demo_saes(device=device, dtype=dtype)
 
 
 def check_saes_fit_model(saes: Mapping[str, SAE], model: HookedTransformer) -> None:

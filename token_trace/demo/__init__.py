@@ -51,10 +51,10 @@ def load_demo_model(device: str = "cpu") -> HookedTransformer:
     return load_model(WEIGHTS_DIR, load_demo_tokenizer(), device=device)
 
 
-def load_demo_saes(device: str = "cpu") -> dict[str, SAE]:
+def load_demo_saes(device: str = "cpu", dtype: str = "float32") -> dict[str, SAE]:
     """One SAE per hook point, keyed by hook name, in layer order."""
     return {
-        name: SAE.load_from_disk(WEIGHTS_DIR / "saes" / name, device=device)
+        name: SAE.load_from_disk(WEIGHTS_DIR / "saes" / name, device=device, dtype=dtype)
         for name in demo_hook_names()
     }
 
