@@ -18,6 +18,7 @@ Results stay sparse: only active features get a row, and no `T x d_sae` gradient
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -30,6 +31,12 @@ from token_trace.hooks import block_index, final_residual, hooked, logits_at
 from token_trace.metrics import Metric
 
 METHODS = ("atp", "ig")
+
+# Node extraction uses sparse CSR kernels (see `_SparseRows`), which PyTorch labels beta with a
+# warning on first use; they are exact, and the tests check every node against autograd.
+warnings.filterwarnings(
+    "ignore", message="Sparse CSR tensor support is in beta", category=UserWarning
+)
 
 #: Positions per `layer_nodes` call on a CPU. A padded batch can have thousands of positions, and
 #: its dense `[positions, d_sae]` feature table then falls out of cache: for one GPT-2-sized SAE,
@@ -209,13 +216,24 @@ def _integrated_gradient(
     return (clean_grad + grad.sum(0)) / steps
 
 
-def _reconstruction(
-    sae: SAE, position: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, n_pos: int
-) -> torch.Tensor:
-    """`f @ W_dec + b_dec` from the active entries only (`rows` = their decoder rows)."""
-    out = torch.zeros(n_pos, rows.shape[1], dtype=rows.dtype, device=rows.device)
-    out.index_add_(0, position, values.unsqueeze(1) * rows)
-    return out + sae.b_dec.to(rows.dtype)
+class _SparseRows:
+    """The active entries of a `[pos, d_sae]` feature table as compressed rows (CSR).
+
+    Gathering each active feature's decoder row (`W_dec[feature]`, one 768-wide row per node)
+    and the gradient at its position cost three times the rest of node extraction on a CPU.
+    Sparse kernels read the decoder rows in place instead: `sampled_addmm` gives every
+    `d_i . g` at once (a product sampled at the active entries) and a sparse-dense product the
+    reconstruction `f @ W_dec`. At 64 tokens that took the 13 SAEs' node work beyond their
+    encodes from about 0.22 s to 0.1 s.
+    """
+
+    def __init__(self, position: torch.Tensor, feature: torch.Tensor, n_pos: int, d_sae: int):
+        counts = torch.bincount(position, minlength=n_pos)
+        self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self.feature, self.size = feature, (n_pos, d_sae)
+
+    def with_values(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.sparse_csr_tensor(self.crow, self.feature, values, self.size)
 
 
 @torch.no_grad()
@@ -231,31 +249,34 @@ def layer_nodes(
     `act`, `grad` and `baseline_act` are `[pos, ...]` activations at the hook (flattened here).
     A feature is a node where it is active in the clean run or in the baseline run.
 
-    Only the encode runs in the SAE's dtype; the few active rows are gathered and everything else
-    is computed in the activation's dtype. With a bf16 SAE, `x = reconstruction + error` then
-    still holds exactly in fp32 (the error node absorbs the encoder's rounding) and the gradients
-    along features keep fp32 precision.
+    Only the encode runs in the SAE's dtype; the decoder products run in the activation's dtype,
+    at least fp32. With a bf16 SAE, `x = reconstruction + error` then still holds exactly in fp32
+    (the error node absorbs the encoder's rounding) and the gradients along features keep fp32
+    precision.
     """
     n_pos = act.shape[0]
-    x = act.reshape(n_pos, -1)
-    g = grad.reshape(n_pos, -1).to(x.dtype)
+    dtype = torch.promote_types(act.dtype, torch.float32)
+    x = act.reshape(n_pos, -1).to(dtype)
+    g = grad.reshape(n_pos, -1).to(dtype)
+    decoder = sae.W_dec.to(dtype)
+    b_dec = sae.b_dec.to(dtype)
     f = sae.encode(x.to(sae.dtype))
-    base_x = None if baseline_act is None else baseline_act.reshape(n_pos, -1).to(x.dtype)
+    base_x = None if baseline_act is None else baseline_act.reshape(n_pos, -1).to(dtype)
     f_base = None if base_x is None else sae.encode(base_x.to(sae.dtype))
     active = f != 0 if f_base is None else (f != 0) | (f_base != 0)
     position, feature = active.nonzero(as_tuple=True)
-    rows = sae.W_dec[feature].to(x.dtype)
-    value = f[position, feature].to(x.dtype)
-    base_value = (
-        torch.zeros_like(value) if f_base is None else f_base[position, feature].to(x.dtype)
-    )
-    feature_grad = (rows * g[position]).sum(-1)
+    rows = _SparseRows(position, feature, n_pos, f.shape[1])
+    value = f[position, feature].to(dtype)
+    base_value = torch.zeros_like(value) if f_base is None else f_base[position, feature].to(dtype)
+    # Explicit entries count even where a value is 0 (a feature active only in the baseline).
+    clean = rows.with_values(value)
+    feature_grad = torch.sparse.sampled_addmm(clean, g, decoder.T, beta=0.0).values()
 
-    error = x - _reconstruction(sae, position, rows, value, n_pos)
+    error = x - (clean @ decoder + b_dec)
     if base_x is None:
         base_error = torch.zeros_like(error)
     else:
-        base_error = base_x - _reconstruction(sae, position, rows, base_value, n_pos)
+        base_error = base_x - (rows.with_values(base_value) @ decoder + b_dec)
     error_norm = error.norm(dim=-1)
     error_grad = (error * g).sum(-1) / error_norm.clamp_min(torch.finfo(error.dtype).tiny)
     error_attr = ((error - base_error) * g).sum(-1)
