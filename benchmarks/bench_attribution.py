@@ -16,6 +16,10 @@ Rows, per prompt length (median of --repeats runs after a warm-up, and as a rati
 - token-trace atp, batch of B: `compute_node_attribution_batch` on --batch prompts of that length
   in one call (times per prompt);
 - naive: SAEs spliced into the forward pass, dense decoder products, one Python dict per node.
+
+Each row also gives the matrix-product FLOPs the case performs (counted on its warm-up run by
+PyTorch's own FLOP formulas) and the rate achieved, so that a time ratio can be read against the
+arithmetic the two cases must do.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -38,6 +43,8 @@ import torch
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from safetensors.torch import load_file, save_file
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -129,10 +136,59 @@ class PeakRSS:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-def timed(fn: Callable[[], object], repeats: int, device: str) -> tuple[float, int, object]:
-    """Median seconds of `repeats` runs after one warm-up, the peak memory they used beyond what
-    was held before them (working memory: activations, gradients, tables), and the last result."""
-    fn()
+#: PyTorch's FLOP formulas assume dense operands. Node extraction's two sparse products do
+#: 2 FLOPs per stored entry per element of the other dimension instead.
+SPARSE_FLOPS = {
+    # A CSR feature table [n, d_sae] times the decoder [d_sae, d_model].
+    torch.ops.aten.mm: lambda sparse, dense: 2 * sparse._nnz() * dense.shape[1],
+    # (g @ W_dec.T) sampled at the stored entries: one d_model-long dot product each.
+    torch.ops.aten.sparse_sampled_addmm: lambda pattern, g, *_, **__: (
+        2 * pattern._nnz() * g.shape[1]
+    ),
+}
+
+
+class CountedFlops(TorchDispatchMode):
+    """Adds up the FLOPs of every operator PyTorch has a FLOP formula for (matrix products,
+    attention, convolutions), forward and backward, while active.
+
+    `torch.utils.flop_counter.FlopCounterMode` does the same but also tracks modules, which fails
+    on SAELens's encode of a gradient-carrying activation under `no_grad`, and it counts sparse
+    products as dense ones.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if any(isinstance(a, torch.Tensor) and a.layout != torch.strided for a in args):
+            formula = SPARSE_FLOPS.get(func.overloadpacket)
+            self.total += 0 if formula is None else formula(*args, **kwargs)
+        else:
+            formula = flop_registry.get(func.overloadpacket)
+            self.total += 0 if formula is None else formula(*args, **kwargs, out_val=out)
+        return out
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One case: median seconds, working memory beyond what was held before, the FLOPs of one
+    run, and the last result."""
+
+    seconds: float
+    peak_bytes: int
+    flops: int
+    result: object
+
+
+def timed(fn: Callable[[], object], repeats: int, device: str) -> Timing:
+    """Median of `repeats` runs after one warm-up (which also counts the FLOPs), and the peak
+    memory they used beyond what was held before them (activations, gradients, tables)."""
+    with CountedFlops() as flops:
+        fn()
     times = []
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -149,7 +205,7 @@ def timed(fn: Callable[[], object], repeats: int, device: str) -> tuple[float, i
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else memory.peak
-    return statistics.median(times), max(peak - held, 0), result
+    return Timing(statistics.median(times), max(peak - held, 0), flops.total, result)
 
 
 def paired_ratio(
@@ -159,7 +215,7 @@ def paired_ratio(
     drift in the machine's speed (which moves single medians by ~10% here) cancels."""
     ratios = []
     for _ in range(repeats):
-        seconds = [timed(f, 1, device)[0] for f in (fn, reference)]
+        seconds = [timed(f, 1, device).seconds for f in (fn, reference)]
         ratios.append(seconds[0] / seconds[1])
     return statistics.median(ratios)
 
@@ -324,10 +380,11 @@ def measure(
         "floor": lambda: floor(model, saes, prompt, metric),
         # The library reads all but the last token and predicts it: the same work as the floor's.
         "token-trace atp": lambda: compute_node_attribution(tokens, model, saes),
-        f"token-trace ig{args.ig_steps}": lambda: compute_node_attribution(
-            tokens, model, saes, method="ig", ig_steps=args.ig_steps
-        ),
     }
+    if not args.skip_ig:
+        cases[f"token-trace ig{args.ig_steps}"] = lambda: compute_node_attribution(
+            tokens, model, saes, method="ig", ig_steps=args.ig_steps
+        )
     batch_case = f"token-trace atp, batch of {args.batch}"
     if args.batch > 1:
         cases[batch_case] = lambda: compute_node_attribution_batch(
@@ -343,41 +400,51 @@ def measure(
         )
     if not args.skip_naive:
         cases["naive reference"] = lambda: naive(model, saes, prompt, metric)
-    measured, results = {}, {}
+    measured: dict[str, Timing] = {}
+    rows: dict[str, int | None] = {}
     for name, fn in cases.items():
         repeats = 1 if name == "naive reference" else args.repeats
         with torch.no_grad() if name == "forward" else torch.enable_grad():
-            seconds, peak, result = timed(fn, repeats, args.device)
-        if isinstance(result, list):  # one table per prompt of a batch
-            seconds, rows = seconds / len(result), len(result[0])
-        else:
-            rows = len(result) if isinstance(result, pd.DataFrame) else result
-        measured[name] = (seconds, peak, rows)
-        results[name] = result
-        print(f"  {length} tokens, {name}: {seconds * 1000:.0f} ms", flush=True)
-    floor_seconds = measured["floor"][0]
+            timing = timed(fn, repeats, args.device)
+        result = timing.result
+        if isinstance(result, list):  # one table per prompt of a batch: report per prompt
+            n = len(result)
+            timing = replace(timing, seconds=timing.seconds / n, flops=timing.flops // n)
+            result = result[0]
+        if isinstance(result, pd.DataFrame):
+            rows[name] = len(result)
+        else:  # the floor returns its node count; the model's own passes have no rows
+            rows[name] = result if isinstance(result, int) else None
+        measured[name] = timing
+        print(f"  {length} tokens, {name}: {timing.seconds * 1000:.0f} ms", flush=True)
+    floor_timing = measured["floor"]
     if args.half_saes:
         error = half_precision_error(
-            results["token-trace atp"], results[f"token-trace atp, {args.half_saes} SAEs"]
+            measured["token-trace atp"].result,
+            measured[f"token-trace atp, {args.half_saes} SAEs"].result,
         )
         print(f"  {length} tokens, {args.half_saes} SAEs against fp32: {error}", flush=True)
     ratio = paired_ratio(cases["token-trace atp"], cases["floor"], args.repeats, args.device)
     print(f"  {length} tokens, token-trace atp / floor, paired runs: {ratio:.2f}", flush=True)
-    return pd.DataFrame(
+    table = pd.DataFrame(
         [
             {
                 "tokens": length,
                 "case": name,
-                "ms/prompt": round(seconds * 1000, 1),
-                "x floor": round(seconds / floor_seconds, 2),
-                "rows": rows if isinstance(rows, int) else None,
-                "extra MiB": round(peak / 2**20),
-                "(weights+extra)/weights": round(1 + peak / weight_bytes, 3),
-                "prompts/s": round(1 / seconds, 2),
+                "ms/prompt": round(timing.seconds * 1000, 1),
+                "x floor": round(timing.seconds / floor_timing.seconds, 2),
+                "GFLOP": round(timing.flops / 1e9, 1),
+                "FLOPs x floor": round(timing.flops / floor_timing.flops, 2),
+                "GFLOP/s": round(timing.flops / 1e9 / timing.seconds, 1),
+                "rows": rows[name],
+                "extra MiB": round(timing.peak_bytes / 2**20),
+                "(weights+extra)/weights": round(1 + timing.peak_bytes / weight_bytes, 3),
+                "prompts/s": round(1 / timing.seconds, 2),
             }
-            for name, (seconds, peak, rows) in measured.items()
+            for name, timing in measured.items()
         ]
     )
+    return table.astype({"rows": "Int64"})  # the model's own passes have none
 
 
 def main() -> None:
@@ -392,6 +459,7 @@ def main() -> None:
         choices=["bfloat16", "float16"],
         help="also time AtP with SAEs in this dtype, and print its error against fp32",
     )
+    parser.add_argument("--skip-ig", action="store_true")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-app", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
