@@ -322,3 +322,15 @@ def test_chunked_node_extraction_equals_one_pass(model, saes, monkeypatch):
     monkeypatch.setattr(attribution, "CPU_CHUNK_POSITIONS", 5)
     chunked = compute_node_attribution(PROMPT, model, saes, **kwargs)
     pd.testing.assert_frame_equal(chunked, whole, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("limit", [1, 40])
+def test_ig_points_in_several_passes_equal_one_pass(model, saes, monkeypatch, limit):
+    """On a CPU IG runs a layer's points a few at a time to bound its memory: the same table.
+    A limit of 1 token runs each point alone; one of 40 runs this prompt's 9 points 3 at a time."""
+    kwargs = {"answer": " Mary", "contrast": " John", "method": "ig", "ig_steps": 10}
+    monkeypatch.setattr(attribution, "CPU_IG_TOKENS", 10**9)
+    whole = compute_node_attribution(PROMPT, model, saes, **kwargs)
+    monkeypatch.setattr(attribution, "CPU_IG_TOKENS", limit)
+    split = compute_node_attribution(PROMPT, model, saes, **kwargs)
+    pd.testing.assert_frame_equal(split, whole, rtol=1e-4, atol=1e-6)
