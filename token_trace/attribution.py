@@ -254,7 +254,10 @@ class _SparseRows:
         self.feature, self.size = feature, (n_pos, d_sae)
 
     def with_values(self, values: torch.Tensor) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.feature, values, self.size)
+        # Valid by construction (indices from `nonzero`, sorted by row): skip PyTorch's check.
+        return torch.sparse_csr_tensor(
+            self.crow, self.feature, values, self.size, check_invariants=False
+        )
 
 
 @torch.no_grad()
