@@ -50,11 +50,12 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from token_trace import compute_node_attribution, compute_node_attribution_batch
+from token_trace.hook_names import residual_hooks
 from token_trace.hooks import final_residual, logits_at
 from token_trace.metrics import token_logprob
 from token_trace.splice import spliced
 
-HOOKS = [f"blocks.{layer}.hook_resid_pre" for layer in range(12)] + ["blocks.11.hook_resid_post"]
+HOOKS = residual_hooks(12)
 D_SAE = 24576
 FIRING_PER_TOKEN = 50
 
@@ -302,10 +303,10 @@ def forward_backward(model, tokens, metric) -> None:
 
 
 def import_seconds() -> float:
-    """Wall time of `import token_trace` in a fresh interpreter."""
+    """Wall time of importing the library (its engine and loaders) in a fresh interpreter."""
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-c", "import token_trace"],
+        [sys.executable, "-c", "import token_trace.pipeline"],
         check=True,
         cwd=Path(__file__).resolve().parents[1],
     )
@@ -470,7 +471,7 @@ def main() -> None:
     device = args.device
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    print(f"import token_trace: {import_seconds():.2f} s")
+    print(f"import token_trace.pipeline: {import_seconds():.2f} s")
     model = gpt2_shaped_model(device)
     saes = random_saes(device)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(

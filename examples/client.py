@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 from gradio_client import Client
+from gradio_client.exceptions import AppError
 
 DEMO_PROMPTS = Path(__file__).resolve().parent / "demo_prompts.json"
 
@@ -38,7 +40,12 @@ def main() -> None:
         args.model, args.text = "ioi-demo", example["text"]
         args.answer, args.contrast = example.get("answer") or "", example.get("contrast") or ""
 
-    client = Client(args.url, verbose=False)
+    try:
+        client = Client(args.url, verbose=False)
+    except Exception as error:  # httpx and gradio_client raise many types for "not there"
+        sys.exit(
+            f"Could not reach a token-trace app at {args.url} ({error}). Start `python app.py`."
+        )
     request = {
         "text": args.text,
         "model": args.model,
@@ -47,8 +54,14 @@ def main() -> None:
         "contrast": args.contrast,
         "method": args.method,
     }
-    run = client.predict(**request, api_name="/summary")
-    nodes = pd.DataFrame(client.predict(**request, top_k=args.top_k, api_name="/attribute"))
+    try:
+        run = client.predict(**request, api_name="/summary")
+        nodes = pd.DataFrame(client.predict(**request, top_k=args.top_k, api_name="/attribute"))
+    except AppError as error:  # the app's own message: bad input, or a model it cannot load
+        hint = "" if args.demo else " (offline? try --demo, the bundled model)"
+        sys.exit(f"token-trace: {error}{hint}")
+    for warning in run.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
 
     print(f"{run['metric_description']} = {run['metric_value']:+.4f}")
     top = ", ".join(f"{p['token']!r} {p['probability']:.1%}" for p in run["top_predictions"][:5])

@@ -1,90 +1,12 @@
-"""A tiny model with a word-level tokenizer and SAEs at every residual hook, built locally.
-
-The hub cannot be reached in CI, so the engine's exact identities are tested on this model: the real
-TransformerLens and SAELens classes, seeded random weights scaled up enough that attention and MLPs
-are far from linear, and SAEs whose biases make about a quarter of their features fire.
-"""
+"""Fixtures every tier shares (the builders themselves are in `tests/helpers.py`)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-from sae_lens import SAE, StandardSAE, StandardSAEConfig
-from sae_lens.saes.sae import SAEMetadata
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformers import PreTrainedTokenizerFast
+from sae_lens import SAE
+from transformer_lens import HookedTransformer
 
-WORDS = (
-    "When John and Mary went to the store , gave a book drink bag cat sat on mat . "
-    "The capital of France is Paris then"
-).split()
-BOS = "<|endoftext|>"
-
-
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {BOS: 0, "<unk>": 1}
-    for word in WORDS:
-        for piece in (word, "Ġ" + word):
-            vocab.setdefault(piece, len(vocab))
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        name_or_path="tiny-test-words",
-        add_bos_token=True,
-        bos_token=BOS,
-        eos_token=BOS,
-        pad_token=BOS,
-        unk_token="<unk>",
-    )
-
-
-def tiny_model(seed: int = 0) -> HookedTransformer:
-    tokenizer = word_tokenizer()
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=32,
-        n_heads=4,
-        d_head=8,
-        d_mlp=64,
-        d_vocab=len(tokenizer),
-        n_ctx=24,
-        act_fn="gelu_new",
-        normalization_type="LN",
-        model_name="tiny-test",
-        seed=seed,
-        device="cpu",
-    )
-    model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim >= 2:
-                param.mul_(2.0)  # larger than the default init, so the model is far from linear
-    return model.eval()
-
-
-def random_sae(hook_name: str, d_in: int, d_sae: int, seed: int) -> SAE:
-    generator = torch.Generator().manual_seed(seed)
-    cfg = StandardSAEConfig(
-        d_in=d_in,
-        d_sae=d_sae,
-        metadata=SAEMetadata(
-            hook_name=hook_name, model_name="tiny-test", neuronpedia_id=f"tiny-test/{seed}-res"
-        ),
-    )
-    sae = StandardSAE(cfg)
-    with torch.no_grad():
-        decoder = torch.randn(d_sae, d_in, generator=generator)
-        sae.W_dec.copy_(decoder / decoder.norm(dim=-1, keepdim=True))
-        sae.W_enc.copy_(sae.W_dec.T + 0.3 * torch.randn(d_in, d_sae, generator=generator))
-        sae.b_enc.copy_(-0.5 * torch.rand(d_sae, generator=generator))
-        sae.b_dec.copy_(0.1 * torch.randn(d_in, generator=generator))
-    return sae.eval()
-
-
-TINY_HOOKS = ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post")
+from tests.helpers import tiny_model, tiny_saes
 
 
 @pytest.fixture(scope="session")
@@ -94,9 +16,4 @@ def model() -> HookedTransformer:
 
 @pytest.fixture(scope="session")
 def saes(model: HookedTransformer) -> dict[str, SAE]:
-    return {
-        hook: random_sae(hook, model.cfg.d_model, 64, seed) for seed, hook in enumerate(TINY_HOOKS)
-    }
-
-
-PROMPT = "When John and Mary went to the store , John gave a book to"
+    return tiny_saes(model)

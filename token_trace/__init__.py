@@ -1,24 +1,93 @@
 """token-trace: which SAE features a language model uses on a prompt, and how much each matters.
 
->>> from token_trace import compute_node_attribution
->>> df = compute_node_attribution("When John and Mary went to the shops, John gave the bag to Mary")
+>>> from token_trace import trace
+>>> result = trace("When John and Mary went to the shops, John gave the bag to Mary")
+>>> result.top_nodes(10, exclude_bos=True)
+
+The public names below are imported on first use (PEP 562), so `import token_trace.cli` (and
+`token-trace --help`) does not pay the seconds that torch, TransformerLens and SAELens take.
 """
 
-from token_trace.ablation import Node, ablation_effects
-from token_trace.loading import LoadError, load_model, load_saes
-from token_trace.nodes import COLUMNS, layer_totals, position_totals, top_nodes
-from token_trace.pipeline import compute_node_attribution, compute_node_attribution_batch
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Each public name and the module that defines it.
+_PUBLIC = {
+    "Node": "token_trace.ablation",
+    "ablate": "token_trace.ablation",
+    "ablation_effects": "token_trace.ablation",
+    "nodes_in": "token_trace.ablation",
+    "LoadError": "token_trace.loading",
+    "load_model": "token_trace.loading",
+    "load_saes": "token_trace.loading",
+    "COLUMNS": "token_trace.nodes",
+    "layer_totals": "token_trace.nodes",
+    "position_totals": "token_trace.nodes",
+    "top_nodes": "token_trace.nodes",
+    "UnknownWordsWarning": "token_trace.pipeline",
+    "compute_node_attribution": "token_trace.pipeline",
+    "compute_node_attribution_batch": "token_trace.pipeline",
+    "prepare_prompt": "token_trace.prompts",
+    "trace": "token_trace.pipeline",
+    "trace_batch": "token_trace.pipeline",
+    "MetricRecord": "token_trace.records",
+    "Prediction": "token_trace.records",
+    "PromptRecord": "token_trace.records",
+    "SAERecord": "token_trace.records",
+    "Trace": "token_trace.records",
+}
 
 __all__ = [
     "COLUMNS",
     "LoadError",
+    "MetricRecord",
     "Node",
+    "Prediction",
+    "PromptRecord",
+    "SAERecord",
+    "Trace",
+    "UnknownWordsWarning",
+    "ablate",
     "ablation_effects",
     "compute_node_attribution",
     "compute_node_attribution_batch",
     "layer_totals",
     "load_model",
     "load_saes",
+    "nodes_in",
     "position_totals",
+    "prepare_prompt",
     "top_nodes",
+    "trace",
+    "trace_batch",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'token_trace' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
+
+
+if TYPE_CHECKING:
+    from token_trace.ablation import Node, ablate, ablation_effects, nodes_in
+    from token_trace.loading import LoadError, load_model, load_saes
+    from token_trace.nodes import COLUMNS, layer_totals, position_totals, top_nodes
+    from token_trace.pipeline import (
+        UnknownWordsWarning,
+        compute_node_attribution,
+        compute_node_attribution_batch,
+        trace,
+        trace_batch,
+    )
+    from token_trace.prompts import prepare_prompt
+    from token_trace.records import MetricRecord, Prediction, PromptRecord, SAERecord, Trace

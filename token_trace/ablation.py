@@ -8,15 +8,21 @@ one set of nodes together, so many single-node ablations cost one batched forwar
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
+import pandas as pd
 import torch
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
+from token_trace import loading
 from token_trace.hooks import final_residual, logits_at
-from token_trace.metrics import Metric
+from token_trace.metrics import Metric, rebuild
 from token_trace.splice import spliced
+
+if TYPE_CHECKING:
+    from token_trace.records import Trace
 
 
 class Node(NamedTuple):
@@ -25,6 +31,14 @@ class Node(NamedTuple):
     hook_name: str
     position: int
     feature: int
+
+
+def nodes_in(table: pd.DataFrame) -> list[Node]:
+    """The nodes of a node table's rows (e.g. `trace.top_nodes(20)`), in row order."""
+    return [
+        Node(str(hook), int(position), int(feature))
+        for hook, position, feature in zip(table["hook_name"], table["position"], table["feature"])
+    ]
 
 
 @torch.no_grad()
@@ -97,3 +111,43 @@ def ablation_effects(
     with torch.no_grad(), spliced(model, saes, edit):
         ablated = metric(logits_at(model, final_residual(model, batch), metric.positions))
     return clean - ablated
+
+
+def ablate(
+    result: Trace,
+    node_sets: Sequence[Sequence[Node]],
+    *,
+    model: HookedTransformer | None = None,
+    saes: Mapping[str, SAE] | None = None,
+    device: str | None = None,
+) -> np.ndarray:
+    """The real effect `m(clean) - m(nodes at baseline)` of each node set, for a finished trace.
+
+    Checks a trace's estimates against the thing they estimate: the prompt, metric and baseline
+    are taken from `result`; the model and SAEs are loaded by name (cached) unless given (they
+    must be, for SAEs the trace has no release for, and for custom metrics `ablation_effects`
+    must be called with the metric itself).
+    """
+    records = result.saes
+    if saes is None:
+        missing = [record.hook_name for record in records if record.release is None]
+        if missing:
+            raise ValueError(f"The trace has no release for the SAEs at {missing}; pass saes=.")
+        specs = [loading.SAESpec(record.release, record.sae_id) for record in records]
+        if model is None:
+            model = loading.load_model(result.model, device, release=specs[0].release)
+        saes = loading.load_saes(specs, device=str(model.cfg.device))
+    elif model is None:
+        model = loading.load_model(result.model, device)
+    tokens = torch.tensor([result.prompt.token_ids], device=model.cfg.device)
+    metric = rebuild(
+        result.metric.name,
+        result.metric.description,
+        result.metric.positions,
+        result.metric.token_ids,
+        tokens,
+    )
+    baseline = result.baseline_token_ids
+    baseline_tokens = None if baseline is None else torch.tensor([baseline], device=tokens.device)
+    effects = ablation_effects(model, saes, tokens, metric, node_sets, baseline_tokens)
+    return effects.cpu().numpy()

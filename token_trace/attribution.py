@@ -28,7 +28,8 @@ from sae_lens import SAE
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from token_trace.hooks import block_index, final_residual, hooked, logits_at
+from token_trace.hook_names import block_index, resid_pre
+from token_trace.hooks import final_residual, hooked, logits_at
 from token_trace.metrics import Metric
 
 METHODS = ("atp", "ig")
@@ -39,15 +40,13 @@ warnings.filterwarnings(
     "ignore", message="Sparse CSR tensor support is in beta", category=UserWarning
 )
 
-#: Positions per `layer_nodes` call on a CPU. A padded batch can have thousands of positions, and
-#: its dense `[positions, d_sae]` feature table then falls out of cache: for one GPT-2-sized SAE,
-#: 1024 positions at once took 1.1-1.2 s, in chunks of 256 0.6-0.8 s. GPUs take them all at once.
+#: Positions per `layer_nodes` call on a CPU: a padded batch can have thousands of positions, and
+#: its dense `[positions, d_sae]` feature table then falls out of cache (measurements in
+#: benchmarks/README.md). GPUs take them all at once.
 CPU_CHUNK_POSITIONS = 256
 
-#: Most interpolated positions (prompts x points x tokens) one IG pass runs on a CPU. On the
-#: GPT-2-shaped benchmark (2.44 GiB of weights), all 9 points of a 128-token prompt at once held
-#: 1.2-1.9 GiB of activations for the backward; in passes of at most 512, 0.5-0.75 GiB, in the
-#: same time (44-45 s against 39-47 s; a limit of 256 was 3-7% slower).
+#: Most interpolated positions (prompts x points x tokens) one IG pass runs on a CPU: it bounds the
+#: activations held for the backward at no cost in time (benchmarks/README.md).
 CPU_IG_TOKENS = 512
 
 
@@ -130,7 +129,7 @@ class _Pass:
     metric: torch.Tensor
     acts: dict[str, torch.Tensor]
     grads: dict[str, torch.Tensor]
-    resid_pre: dict[int, torch.Tensor]
+    block_inputs: dict[int, torch.Tensor]
     last_logits: torch.Tensor
 
 
@@ -141,14 +140,14 @@ def _run(
     hook_names: list[str],
     *,
     with_grads: bool,
-    resid_pre_layers: set[int] = frozenset(),
+    input_blocks: set[int] = frozenset(),
 ) -> _Pass:
     """One forward (and, with grads, one backward) pass capturing every hook at once.
 
     `tokens` are the batch's own tokens or its counterfactual twin (same lengths).
     """
     acts: dict[str, torch.Tensor] = {}
-    resid_pre: dict[int, torch.Tensor] = {}
+    block_inputs: dict[int, torch.Tensor] = {}
 
     def capture(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         if with_grads and not act.requires_grad:
@@ -158,10 +157,10 @@ def _run(
         return act
 
     def capture_resid(act: torch.Tensor, hook: HookPoint) -> None:
-        resid_pre[block_index(hook.name)] = act.detach()
+        block_inputs[block_index(hook.name)] = act.detach()
 
     fwd_hooks = [(name, capture) for name in hook_names]
-    fwd_hooks += [(f"blocks.{layer}.hook_resid_pre", capture_resid) for layer in resid_pre_layers]
+    fwd_hooks += [(resid_pre(layer), capture_resid) for layer in input_blocks]
     with torch.set_grad_enabled(with_grads), hooked(model, fwd_hooks):
         residual = final_residual(model, tokens)
         values = batch.metric_values(model, residual)[0]
@@ -179,7 +178,7 @@ def _run(
         values.detach(),
         {name: act.detach() for name, act in acts.items()},
         grads,
-        resid_pre,
+        block_inputs,
         last_logits,
     )
 
@@ -201,7 +200,7 @@ def _integrated_gradient(
     clean: torch.Tensor,
     clean_grad: torch.Tensor,
     patch: torch.Tensor,
-    resid_pre: dict[int, torch.Tensor],
+    block_inputs: dict[int, torch.Tensor],
     steps: int,
 ) -> torch.Tensor:
     """Mean metric gradient at `hook_name` at the points `clean + k/steps (patch - clean)`.
@@ -228,7 +227,7 @@ def _integrated_gradient(
         if layer is None:
             start, inputs = None, batch.tokens.repeat(copies, 1)
         else:
-            start, inputs = layer, resid_pre[layer].repeat(copies, 1, 1)
+            start, inputs = layer, block_inputs[layer].repeat(copies, 1, 1)
         with torch.enable_grad(), hooked(model, [(hook_name, swap_in)]):
             residual = final_residual(model, inputs, start_at_layer=start)
             values = batch.metric_values(model, residual)
@@ -244,8 +243,7 @@ class _SparseRows:
     and the gradient at its position cost three times the rest of node extraction on a CPU.
     Sparse kernels read the decoder rows in place instead: `sampled_addmm` gives every
     `d_i . g` at once (a product sampled at the active entries) and a sparse-dense product the
-    reconstruction `f @ W_dec`. At 64 tokens that took the 13 SAEs' node work beyond their
-    encodes from about 0.22 s to 0.1 s.
+    reconstruction `f @ W_dec` (the speed-up is measured in benchmarks/README.md).
     """
 
     def __init__(self, position: torch.Tensor, feature: torch.Tensor, n_pos: int, d_sae: int):
@@ -367,7 +365,7 @@ def attribute(
         batch.tokens,
         hook_names,
         with_grads=True,
-        resid_pre_layers=layers if method == "ig" else frozenset(),
+        input_blocks=layers if method == "ig" else frozenset(),
     )
     baseline = None
     if baseline_tokens is not None:
@@ -386,7 +384,7 @@ def attribute(
             patch = base_act if base_act is not None else sae.b_dec.to(act.dtype).expand_as(act)
             patch = patch.reshape(act.shape)
             grad = _integrated_gradient(
-                model, batch, name, act, grad, patch, clean.resid_pre, ig_steps
+                model, batch, name, act, grad, patch, clean.block_inputs, ig_steps
             )
         parts.append(
             _chunked_layer_nodes(

@@ -1,4 +1,8 @@
-"""The `token-trace` command: attribute a prompt, print the top nodes, optionally save the table."""
+"""The `token-trace` command: attribute a prompt, print the top nodes, optionally save the results.
+
+Heavy imports (torch, TransformerLens, SAELens) happen inside `main`, after the arguments are
+parsed, so `token-trace --help` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import pandas as pd
-
-from token_trace.loading import DEFAULT_MODEL, LoadError
-from token_trace.nodes import top_nodes
-from token_trace.pipeline import compute_node_attribution
-
+#: Kept in step with `token_trace.loading.DEFAULT_MODEL` / `BUNDLED_MODEL` by a test; written out
+#: here so that `--help` needs no import of the library.
+DEFAULT_MODEL = "gpt2-small"
+BUNDLED_MODEL = "ioi-demo"
 SHOWN_COLUMNS = ["layer", "position", "token", "node_type", "feature", "activation", "attribution"]
 
 
@@ -19,28 +21,50 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="token-trace",
         description="Attribute a model's prediction on a prompt to SAE features and error nodes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("text", help="the prompt")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name, or ioi-demo offline")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"TransformerLens model name; {BUNDLED_MODEL} is bundled and works offline",
+    )
     parser.add_argument("--saes", default=None, help="SAELens release (default: the model's)")
     parser.add_argument("--answer", default=None, help="score log p(answer | prompt)")
     parser.add_argument("--contrast", default=None, help="score logit(answer) - logit(contrast)")
     parser.add_argument("--loss", action="store_true", help="score the prompt's mean loss")
     parser.add_argument("--method", choices=["atp", "ig"], default="atp")
-    parser.add_argument("--ig-steps", type=int, default=10)
+    parser.add_argument("--ig-steps", type=int, default=10, help="steps for --method ig")
     parser.add_argument("--baseline", default=None, help="counterfactual prompt, same length")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--top", type=int, default=20, help="how many nodes to print")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--top", type=int, default=20, help="how many nodes to print (0: all)")
     parser.add_argument("--exclude-bos", action="store_true", help="rank without BOS nodes")
     parser.add_argument("--csv", default=None, help="write the full node table as CSV")
     parser.add_argument("--parquet", default=None, help="write the full node table as Parquet")
+    parser.add_argument(
+        "--save", default=None, help="write the whole Trace (Trace.load reads it back)"
+    )
     return parser.parse_args(argv)
+
+
+def _for_the_shell(message: str) -> str:
+    """Library messages name Python arguments; say the command's own flags instead."""
+    return message.replace(f"the bundled model {BUNDLED_MODEL!r}", f"--model {BUNDLED_MODEL}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.top < 0:
+        print("token-trace: --top must be 0 (all nodes) or more.", file=sys.stderr)
+        return 2
+
+    import pandas as pd
+
+    from token_trace.loading import LoadError
+    from token_trace.pipeline import trace
+
     try:
-        df = compute_node_attribution(
+        result = trace(
             args.text,
             args.model,
             args.saes,
@@ -53,17 +77,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
         )
     except (ValueError, LoadError) as err:
-        print(f"token-trace: {err}", file=sys.stderr)
+        print(f"token-trace: {_for_the_shell(str(err))}", file=sys.stderr)
         return 2
-    print(f"{df.attrs['metric_description']} = {df.attrs['metric_value']:.4f}")
-    print(f"{len(df)} nodes; top {args.top} by |attribution|:")
+    for warning in result.warnings:
+        print(f"token-trace: warning: {warning}", file=sys.stderr)
+    print(f"{result.metric.description} = {result.metric.value:.4f}")
+    shown = result.top_nodes(args.top, exclude_bos=args.exclude_bos)
+    print(f"{len(result.nodes)} nodes; top {len(shown)} by |attribution|:")
     with pd.option_context("display.width", 120, "display.max_columns", None):
-        shown = top_nodes(df, args.top, exclude_bos=args.exclude_bos)[SHOWN_COLUMNS]
-        print(shown.to_string(index=False))
+        print(shown[SHOWN_COLUMNS].to_string(index=False))
     if args.csv:
-        df.to_csv(args.csv, index=False)
+        result.nodes.to_csv(args.csv, index=False)
     if args.parquet:
-        df.to_parquet(args.parquet, index=False)
+        result.nodes.to_parquet(args.parquet, index=False)
+    if args.save:
+        result.save(args.save)
     return 0
 
 

@@ -8,7 +8,6 @@ model queue up instead of mixing (on a GPU they would run one after the other an
 from __future__ import annotations
 
 import os
-import re
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -48,12 +47,6 @@ def hooked(model: HookedTransformer, fwd_hooks: Sequence[tuple[str, HookFn]]) ->
     """Add forward hooks for the duration of the block, holding the model's lock."""
     with model_lock(model), model.hooks(fwd_hooks=list(fwd_hooks)):
         yield
-
-
-def block_index(hook_name: str) -> int | None:
-    """The block a hook sits in (`blocks.L.*` -> L), or None for hooks outside the blocks."""
-    match = re.match(r"blocks\.(\d+)\.", hook_name)
-    return int(match.group(1)) if match else None
 
 
 def final_residual(

@@ -14,7 +14,7 @@ import functools
 import os
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +25,8 @@ from sae_lens.loading.pretrained_saes_directory import (
 )
 from transformer_lens import HookedTransformer
 from transformer_lens.loading_from_pretrained import get_official_model_name
+
+from token_trace import demo
 
 DEFAULT_MODEL = "gpt2-small"
 
@@ -37,6 +39,33 @@ DEFAULT_RELEASES: dict[str, str] = {
     "gpt2-small": "gpt2-small-res-jb",
     BUNDLED_MODEL: BUNDLED_MODEL,
 }
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Loaders of a model and its SAE release that ship inside the package (no network)."""
+
+    load_model: Callable[[str], HookedTransformer]  # device -> model
+    load_saes: Callable[[str, str], dict[str, SAE]]  # device, dtype -> SAEs by hook name
+    sae_ids: Callable[[], list[str]]
+
+
+#: Releases served from files inside the package, one entry each; every other release name is
+#: looked up in SAELens's registry. Each bundled release is also a model of the same name.
+BUNDLED: dict[str, Bundle] = {
+    BUNDLED_MODEL: Bundle(demo.load_demo_model, demo.load_demo_saes, demo.demo_hook_names),
+}
+
+
+@dataclass(frozen=True)
+class Release:
+    """What token-trace needs to know about an SAE release, wherever it comes from."""
+
+    name: str
+    model: str  # the model the SAEs were trained on
+    sae_ids: tuple[str, ...]  # in the registry's (layer) order
+    model_kwargs: dict[str, object]  # `from_pretrained` processing the SAEs expect
+    bundle: Bundle | None  # loaders for a release that ships inside the package
 
 
 #: Loads are slow and large: concurrent first requests wait for one load instead of each doing it.
@@ -69,41 +98,43 @@ def default_device() -> str:
 
 
 def is_bundled(model_name: str) -> bool:
-    return model_name == BUNDLED_MODEL
+    return model_name in BUNDLED
 
 
 def release_info(release: str) -> PretrainedSAELookup:
     """The SAELens registry entry of `release`, or a ValueError that suggests near names."""
     directory = get_pretrained_saes_directory()
     if release not in directory:
-        close = difflib.get_close_matches(release, list(directory), n=3)
+        close = difflib.get_close_matches(release, [*directory, *BUNDLED], n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(f"Unknown SAE release {release!r}: it is not in SAELens's registry.{hint}")
     return directory[release]
 
 
+def find_release(name: str) -> Release:
+    """The release `name`: a bundled one, or else SAELens's registry entry."""
+    bundle = BUNDLED.get(name)
+    if bundle is not None:
+        return Release(name, name, tuple(bundle.sae_ids()), {}, bundle)
+    info = release_info(name)
+    overrides = info.config_overrides or {}
+    kwargs = dict(overrides.get("model_from_pretrained_kwargs", {}) or {})
+    return Release(name, info.model, tuple(info.saes_map), kwargs, None)
+
+
 def release_sae_ids(release: str) -> list[str]:
     """The SAE ids a release holds, in the registry's (layer) order."""
-    if release == BUNDLED_MODEL:
-        from token_trace import demo
-
-        return demo.demo_hook_names()
-    return list(release_info(release).saes_map)
+    return list(find_release(release).sae_ids)
 
 
 def release_model(release: str) -> str:
     """The model a release's SAEs were trained on."""
-    if release == BUNDLED_MODEL:
-        return BUNDLED_MODEL
-    return release_info(release).model
+    return find_release(release).model
 
 
 def model_kwargs_for_release(release: str) -> dict[str, object]:
     """The `from_pretrained` processing a release's SAEs expect (e.g. centred writing weights)."""
-    if release == BUNDLED_MODEL:
-        return {}
-    overrides = release_info(release).config_overrides or {}
-    return dict(overrides.get("model_from_pretrained_kwargs", {}) or {})
+    return dict(find_release(release).model_kwargs)
 
 
 def _canonical_model_name(name: str) -> str:
@@ -142,15 +173,14 @@ def _load_model_cached(
     canonical: str, device: str, kwargs: tuple[tuple[str, object], ...]
 ) -> HookedTransformer:
     if is_bundled(canonical):
-        from token_trace import demo  # imported on demand: most users never need it
-
-        return demo.load_demo_model(device=device)
+        return BUNDLED[canonical].load_model(device)
     try:
         model = HookedTransformer.from_pretrained(canonical, device=device, **dict(kwargs))
     except Exception as err:  # the hub raises many types; all mean the same to a user
         raise LoadError(
-            f"Could not load model {canonical!r} from the Hugging Face hub ({type(err).__name__}: "
-            f"{err}). Offline, use model={BUNDLED_MODEL!r}, which ships with token-trace."
+            f"Could not load model {canonical!r} from the Hugging Face hub "
+            f"({type(err).__name__}: {err}). Offline, use the bundled model {BUNDLED_MODEL!r}, "
+            "which ships with token-trace."
         ) from err
     return model.eval()
 
@@ -225,23 +255,22 @@ def load_saes(
 
 @functools.lru_cache(maxsize=64)
 def _load_sae_cached(release: str, sae_id: str, device: str, dtype: str) -> SAE:
-    if release == BUNDLED_MODEL:
-        return _demo_saes(device, dtype)[sae_id]
+    bundle = BUNDLED.get(release)
+    if bundle is not None:
+        return _bundled_saes(release, device, dtype)[sae_id]
     try:
         sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
     except Exception as err:
         raise LoadError(
             f"Could not load SAE {sae_id!r} of release {release!r} ({type(err).__name__}: {err}). "
-            f"Offline, use model={BUNDLED_MODEL!r}, which ships with its own SAEs."
+            f"Offline, use the bundled model {BUNDLED_MODEL!r}, which ships with its own SAEs."
         ) from err
     return sae.eval()
 
 
 @functools.lru_cache(maxsize=2)
-def _demo_saes(device: str, dtype: str) -> dict[str, SAE]:
-    from token_trace import demo
-
-    return demo.load_demo_saes(device=device, dtype=dtype)
+def _bundled_saes(release: str, device: str, dtype: str) -> dict[str, SAE]:
+    return BUNDLED[release].load_saes(device, dtype)
 
 
 def check_saes_fit_model(saes: Mapping[str, SAE], model: HookedTransformer) -> None:

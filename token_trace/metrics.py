@@ -20,12 +20,17 @@ MetricFn = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Metric:
-    """A batched scalar function of the logits at `positions` (all positions when None)."""
+    """A batched scalar function of the logits at `positions` (all positions when None).
+
+    `token_ids` are the vocabulary ids it reads (the targets of `logprob`, answer and contrast of
+    `logit_diff`), so that `rebuild` can make the same metric again from a saved trace.
+    """
 
     name: str
     description: str
     positions: tuple[int, ...] | None
     fn: MetricFn
+    token_ids: tuple[int, ...] = ()
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         values = self.fn(logits)
@@ -48,7 +53,7 @@ def token_logprob(targets: Sequence[int], positions: Sequence[int], description:
         index = target_ids.to(logits.device).expand(logits.shape[0], -1).unsqueeze(-1)
         return logprobs.gather(-1, index).squeeze(-1).sum(-1)
 
-    return Metric("logprob", description, tuple(positions), fn)
+    return Metric("logprob", description, tuple(positions), fn, tuple(targets))
 
 
 def logit_difference(position: int, answer: int, contrast: int, description: str) -> Metric:
@@ -57,7 +62,7 @@ def logit_difference(position: int, answer: int, contrast: int, description: str
     def fn(logits: torch.Tensor) -> torch.Tensor:
         return logits[:, 0, answer] - logits[:, 0, contrast]
 
-    return Metric("logit_diff", description, (position,), fn)
+    return Metric("logit_diff", description, (position,), fn, (answer, contrast))
 
 
 def mean_loss(tokens: torch.Tensor) -> Metric:
@@ -77,3 +82,24 @@ def custom(fn: MetricFn) -> Metric:
     """A user's callable over the full logits `[batch, pos, d_vocab]`."""
     name = getattr(fn, "__name__", "custom")
     return Metric("custom", f"custom metric {name}", None, fn)
+
+
+def rebuild(
+    name: str,
+    description: str,
+    positions: Sequence[int] | None,
+    token_ids: Sequence[int],
+    tokens: torch.Tensor,
+) -> Metric:
+    """The metric a trace recorded (`MetricRecord`), for the model input `tokens` (`[1, T]`).
+
+    A custom callable cannot be rebuilt from a record: pass it again where it is needed.
+    """
+    if name == "logprob":
+        return token_logprob(token_ids, positions or (), description)
+    if name == "logit_diff":
+        (position,), (answer, contrast) = positions, token_ids
+        return logit_difference(position, answer, contrast, description)
+    if name == "loss":
+        return mean_loss(tokens)
+    raise ValueError(f"A {name!r} metric cannot be rebuilt from a trace; pass the metric itself.")

@@ -2,15 +2,13 @@
 
 Ids come from SAELens metadata (`sae.cfg.metadata.neuronpedia_id`, e.g. `gpt2-small/6-res-jb`) and
 are never built by hand: the mapping from hooks to Neuronpedia's layer names is not regular
-(`blocks.11.hook_resid_post` is `12-res-jb`). Nothing here needs the network except
-`fetch_feature`, which fails soft because Neuronpedia is rate limited and may be unreachable.
+(`blocks.11.hook_resid_post` is `12-res-jb`). Nothing here needs the network.
 """
 
 from __future__ import annotations
 
 import json
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 
 BASE_URL = "https://www.neuronpedia.org"
@@ -47,13 +45,3 @@ def quick_list_url(name: str, features: Iterable[tuple[str, int]]) -> str:
         entries.append({"modelId": model_id, "layer": layer, "index": str(int(feature))})
     query = urllib.parse.urlencode({"name": name, "features": json.dumps(entries)})
     return f"{BASE_URL}/quick-list/?{query}"
-
-
-def fetch_feature(neuronpedia_id: str, feature: int, timeout: float = 5.0) -> dict | None:
-    """The feature's JSON (explanations, top logits), or None when Neuronpedia can't be reached."""
-    url = f"{BASE_URL}/api/feature/{neuronpedia_id}/{int(feature)}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return json.load(response)
-    except (OSError, ValueError):
-        return None

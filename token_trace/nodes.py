@@ -7,14 +7,17 @@ beside the model's matrix work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from token_trace.attribution import Attribution
 from token_trace.neuronpedia import BASE_URL
+
+if TYPE_CHECKING:
+    from token_trace.records import SAERecord, Trace
 
 COLUMNS = [
     "layer",
@@ -28,29 +31,11 @@ COLUMNS = [
     "baseline_activation",
     "gradient",
     "attribution",
+    "neuronpedia_url",
 ]
 
-
-@dataclass(frozen=True)
-class SAEInfo:
-    """What the table says about one SAE: where it reads, its name, and its Neuronpedia id."""
-
-    hook_name: str
-    sae_id: str
-    layer: int
-    neuronpedia_id: str | None
-
-
-def residual_layer(hook_name: str) -> int:
-    """A hook's depth: `blocks.L.*` is L, except `blocks.L.hook_resid_post`, the input of L + 1.
-
-    With this, a residual SAE at resid_post of the last block sorts after every resid_pre, and the
-    number matches Neuronpedia's layer names for GPT-2 (`blocks.11.hook_resid_post` is 12-res-jb).
-    """
-    parts = hook_name.split(".")
-    if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
-        return -1
-    return int(parts[1]) + (parts[-1] == "hook_resid_post")
+#: The numeric columns a table is built from; every other column follows from them.
+VALUE_COLUMNS = ("activation", "baseline_activation", "gradient", "attribution")
 
 
 def _categorical(names: Sequence[str], codes: np.ndarray) -> pd.Categorical | np.ndarray:
@@ -59,75 +44,104 @@ def _categorical(names: Sequence[str], codes: np.ndarray) -> pd.Categorical | np
     return np.asarray(names, dtype=object)[codes]
 
 
-def node_frame(
-    attribution: Attribution, saes: Sequence[SAEInfo], str_tokens: Sequence[str]
+def node_table(
+    hook_index: np.ndarray,
+    position: np.ndarray,
+    feature: np.ndarray,
+    values: Mapping[str, Sequence[float] | np.ndarray],
+    saes: Sequence[SAERecord],
+    tokens: Sequence[str],
 ) -> pd.DataFrame:
-    """One row per node, sorted by layer, position, then feature (the error node last)."""
+    """The node table in `COLUMNS` order, with the same dtypes however it is built.
+
+    `hook_index` indexes `saes`, `position` indexes `tokens`, `feature` is -1 for error nodes, and
+    `values` holds the `VALUE_COLUMNS`. The SAE and token columns are derived here, so a table
+    rebuilt from a saved trace is identical to the one the engine made.
+    """
+    hook_index = np.asarray(hook_index, dtype=np.int64)
+    position = np.asarray(position, dtype=np.int64)
+    feature = np.asarray(feature, dtype=np.int64)
+    layer_of_hook = np.array([sae.layer for sae in saes], dtype=np.int64)
+    prefixes = np.array(
+        [f"{BASE_URL}/{sae.neuronpedia_id}/" if sae.neuronpedia_id else "" for sae in saes],
+        dtype=object,
+    )[hook_index]
+    urls = pd.Series(prefixes, dtype=object) + pd.Series(feature).astype(str).astype(object)
+    has_page = (feature >= 0) & (prefixes != "")
+    return pd.DataFrame(
+        {
+            "layer": layer_of_hook[hook_index],
+            "hook_name": _categorical([sae.hook_name for sae in saes], hook_index),
+            "sae_id": _categorical([sae.sae_id for sae in saes], hook_index),
+            "position": position,
+            "token": np.asarray(list(tokens), dtype=object)[position],
+            "node_type": pd.Categorical.from_codes(
+                (feature < 0).astype(np.int8), categories=["feature", "error"]
+            ),
+            "feature": feature,
+            **{name: np.asarray(values[name], dtype=np.float32) for name in VALUE_COLUMNS},
+            "neuronpedia_url": urls.where(has_page, None).astype(object),
+        }
+    )
+
+
+def node_frame(
+    attribution: Attribution, saes: Sequence[SAERecord], tokens: Sequence[str]
+) -> pd.DataFrame:
+    """One prompt's engine result as a node table, sorted by layer, position, then feature (the
+    error node last). Built from whole arrays: no Python loop per row."""
     nodes = attribution.nodes
     hook_index = nodes.hook_index.cpu().numpy()
     position = nodes.position.cpu().numpy()
     feature = nodes.feature.cpu().numpy()
     error_last = np.where(feature < 0, np.iinfo(np.int64).max, feature)
-    layer_of_hook = np.array([info.layer for info in saes], dtype=np.int64)
+    layer_of_hook = np.array([sae.layer for sae in saes], dtype=np.int64)
     order = np.lexsort((error_last, position, layer_of_hook[hook_index]))
-    hook_index, position, feature = hook_index[order], position[order], feature[order]
-
-    frame = pd.DataFrame(
-        {
-            "layer": layer_of_hook[hook_index],
-            "hook_name": _categorical([info.hook_name for info in saes], hook_index),
-            "sae_id": _categorical([info.sae_id for info in saes], hook_index),
-            "position": position,
-            "token": np.asarray(list(str_tokens), dtype=object)[position],
-            "node_type": pd.Categorical.from_codes(
-                (feature < 0).astype(np.int8), categories=["feature", "error"]
-            ),
-            "feature": feature,
-            "activation": nodes.activation.cpu().numpy()[order],
-            "baseline_activation": nodes.baseline_activation.cpu().numpy()[order],
-            "gradient": nodes.gradient.cpu().numpy()[order],
-            "attribution": nodes.attribution.cpu().numpy()[order],
-        }
-    )
-    if any(info.neuronpedia_id for info in saes):
-        prefixes = np.array(
-            [f"{BASE_URL}/{info.neuronpedia_id}/" if info.neuronpedia_id else "" for info in saes],
-            dtype=object,
-        )[hook_index]
-        urls = pd.Series(prefixes) + pd.Series(feature).astype(str)
-        frame["neuronpedia_url"] = urls.where((feature >= 0) & (prefixes != ""), None)
-    return frame
+    values = {name: getattr(nodes, name).cpu().numpy()[order] for name in VALUE_COLUMNS}
+    return node_table(hook_index[order], position[order], feature[order], values, saes, tokens)
 
 
-def _without_bos(df: pd.DataFrame) -> pd.DataFrame:
-    bos = df.attrs.get("bos_position")
+def _table_and_bos(nodes: Trace | pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
+    """A trace's table and BOS position; for a bare DataFrame from `compute_node_attribution`,
+    the BOS position its `attrs` carry (the one place the library still reads them)."""
+    if isinstance(nodes, pd.DataFrame):
+        return nodes, nodes.attrs.get("bos_position")
+    return nodes.nodes, nodes.prompt.bos_position
+
+
+def without_bos(nodes: Trace | pd.DataFrame) -> pd.DataFrame:
+    """The node table without the BOS position's rows."""
+    df, bos = _table_and_bos(nodes)
     return df if bos is None else df[df["position"] != bos]
 
 
 def top_nodes(
-    df: pd.DataFrame,
+    nodes: Trace | pd.DataFrame,
     k: int = 20,
     *,
     exclude_bos: bool = False,
     node_type: str | None = None,
 ) -> pd.DataFrame:
-    """The k nodes with the largest |attribution| (optionally features or errors only, no BOS)."""
-    if exclude_bos:
-        df = _without_bos(df)
+    """The k nodes with the largest |attribution| (optionally features or errors only, no BOS).
+
+    `k` = 0 means every node, largest first; a negative `k` is an error.
+    """
+    if k < 0:
+        raise ValueError(f"k must be 0 (every node) or more, got {k}.")
+    df = without_bos(nodes) if exclude_bos else _table_and_bos(nodes)[0]
     if node_type is not None:
         df = df[df["node_type"] == node_type]
-    return df.loc[df["attribution"].abs().nlargest(k).index]
+    return df.loc[df["attribution"].abs().nlargest(k or len(df)).index]
 
 
-def layer_totals(df: pd.DataFrame, *, exclude_bos: bool = False) -> pd.DataFrame:
+def layer_totals(nodes: Trace | pd.DataFrame, *, exclude_bos: bool = False) -> pd.DataFrame:
     """Per SAE layer: summed attribution of its features, of its errors, and the error share.
 
     Summed over a layer's nodes at all positions, attribution estimates the effect of replacing that
     layer's whole activation by its baseline; `error_share` says how much of that the SAE leaves
     unexplained (|error| / (|features| + |error|)).
     """
-    if exclude_bos:
-        df = _without_bos(df)
+    df = without_bos(nodes) if exclude_bos else _table_and_bos(nodes)[0]
     sums = df.pivot_table(
         index=["layer", "hook_name"],
         columns="node_type",
@@ -148,12 +162,13 @@ def layer_totals(df: pd.DataFrame, *, exclude_bos: bool = False) -> pd.DataFrame
     return out.reset_index()
 
 
-def position_totals(df: pd.DataFrame) -> pd.DataFrame:
+def position_totals(nodes: Trace | pd.DataFrame) -> pd.DataFrame:
     """Per token: the mean over SAE layers of the summed attribution of that position's nodes.
 
     Each layer's sum at a position estimates replacing that position's activation at that layer by
     its baseline; averaging over layers gives one number per token to colour it by.
     """
+    df = _table_and_bos(nodes)[0]
     per_layer = df.groupby(["position", "layer"], observed=True)["attribution"].sum()
     totals = per_layer.groupby(level="position").mean()
     tokens = df.drop_duplicates("position").set_index("position")["token"]

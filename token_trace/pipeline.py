@@ -1,7 +1,11 @@
-"""`compute_node_attribution`: from a prompt and names to the node table, in one call."""
+"""`trace`: from a prompt and names (or ready objects) to a typed `Trace`, in one call.
+
+`compute_node_attribution` is the same call returning the node table as a DataFrame.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -12,16 +16,20 @@ from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
 from token_trace import loading
-from token_trace.attribution import Attribution, Batch, attribute
+from token_trace.attribution import Batch, attribute
+from token_trace.hook_names import residual_depth
 from token_trace.hooks import model_lock
-from token_trace.nodes import SAEInfo, node_frame, residual_layer
+from token_trace.nodes import node_frame
 from token_trace.prompts import (
     Prompt,
     TextOrTokens,
     prepare_baseline,
     prepare_prompt,
     str_tokens,
+    unknown_words,
+    unknown_words_warning,
 )
+from token_trace.records import MetricRecord, Prediction, PromptRecord, SAERecord, Trace
 
 SAEArgument = str | Sequence[tuple[str, str]] | Mapping[str, SAE] | None
 Answer = str | int | Sequence[int]
@@ -34,8 +42,8 @@ def resolve(
     saes: SAEArgument,
     device: str | None,
     sae_dtype: str = "float32",
-) -> tuple[HookedTransformer, str, dict[str, SAE], list[SAEInfo]]:
-    """The model object, its name, the SAEs by hook, and what the table says about each SAE."""
+) -> tuple[HookedTransformer, str, dict[str, SAE], tuple[SAERecord, ...]]:
+    """The model object, its name, the SAEs by hook, and the record of each SAE."""
     if isinstance(model, HookedTransformer):
         model_obj, model_name = model, model.cfg.model_name
     else:
@@ -44,14 +52,17 @@ def resolve(
         if not isinstance(model, HookedTransformer):
             model_obj = loading.load_model(model_name, device)
         sae_dict = dict(saes)
-        ids = {hook: sae.cfg.metadata.get("sae_id") or hook for hook, sae in sae_dict.items()}
+        origins = {
+            hook: (sae.cfg.metadata.get("sae_id") or hook, sae.cfg.metadata.get("release"))
+            for hook, sae in sae_dict.items()
+        }
     else:
         specs = loading.resolve_sae_specs(saes, model_name)
         loading.check_release_matches_model(specs, model_name)
         if not isinstance(model, HookedTransformer):
             model_obj = loading.load_model(model_name, device, release=specs[0].release)
         sae_dict = loading.load_saes(specs, device=str(model_obj.cfg.device), dtype=sae_dtype)
-        ids = {hook: spec.sae_id for hook, spec in zip(sae_dict, specs)}
+        origins = {hook: (spec.sae_id, spec.release) for hook, spec in zip(sae_dict, specs)}
     loading.check_saes_fit_model(sae_dict, model_obj)
     model_device = torch.device(model_obj.cfg.device).type
     for hook, sae in sae_dict.items():
@@ -60,14 +71,20 @@ def resolve(
                 f"The SAE at {hook!r} is on {sae.W_dec.device} but the model is on "
                 f"{model_obj.cfg.device}; move one of them."
             )
-    infos = [
-        SAEInfo(hook, ids[hook], residual_layer(hook), sae.cfg.metadata.get("neuronpedia_id"))
+    records = tuple(
+        SAERecord(
+            hook_name=hook,
+            sae_id=origins[hook][0],
+            release=origins[hook][1],
+            layer=residual_depth(hook),
+            neuronpedia_id=sae.cfg.metadata.get("neuronpedia_id"),
+        )
         for hook, sae in sae_dict.items()
-    ]
-    return model_obj, model_name, sae_dict, infos
+    )
+    return model_obj, model_name, sae_dict, records
 
 
-def compute_node_attribution(
+def trace(
     text: TextOrTokens,
     model: str | HookedTransformer = loading.DEFAULT_MODEL,
     saes: SAEArgument = None,
@@ -80,7 +97,7 @@ def compute_node_attribution(
     baseline_text: TextOrTokens | None = None,
     device: str | None = None,
     sae_dtype: str = "float32",
-) -> pd.DataFrame:
+) -> Trace:
     """Attribute a metric on `text` to every active SAE feature and SAE error node.
 
     Args:
@@ -102,10 +119,13 @@ def compute_node_attribution(
             faster encodes on a GPU); only the encodes run in it.
 
     Returns:
-        One row per node (see `token_trace.nodes.COLUMNS`); `attribution` estimates
-        `metric(clean) - metric(node set to its baseline)`. `df.attrs` holds the run's metadata.
+        A `Trace`: the node table (`trace.nodes`, one row per node; `attribution` estimates
+        `metric(clean) - metric(node set to its baseline)`) and the run's typed metadata.
+
+    Words the tokenizer does not know are read as its unknown token: in an answer or contrast that
+    is an error; in a prompt it is an `UnknownWordsWarning` and an entry of `trace.warnings`.
     """
-    (df,) = compute_node_attribution_batch(
+    (result,) = trace_batch(
         [text],
         model,
         saes,
@@ -118,10 +138,10 @@ def compute_node_attribution(
         device=device,
         sae_dtype=sae_dtype,
     )
-    return df
+    return result
 
 
-def compute_node_attribution_batch(
+def trace_batch(
     texts: Sequence[TextOrTokens],
     model: str | HookedTransformer = loading.DEFAULT_MODEL,
     saes: SAEArgument = None,
@@ -134,13 +154,13 @@ def compute_node_attribution_batch(
     baseline_texts: Sequence[TextOrTokens] | None = None,
     device: str | None = None,
     sae_dtype: str = "float32",
-) -> list[pd.DataFrame]:
-    """`compute_node_attribution` for several prompts at once: one table per prompt.
+) -> list[Trace]:
+    """`trace` for several prompts at once: one `Trace` per prompt.
 
     The prompts (of any lengths) run as one padded batch, so a batch costs one forward and one
     backward pass; on a GPU that is little more than one prompt's. `answers`, `contrasts` and
-    `baseline_texts`, when given, hold one entry per prompt; `metric` applies to all. Each table
-    equals what `compute_node_attribution` returns for its prompt alone (up to float rounding).
+    `baseline_texts`, when given, hold one entry per prompt; `metric` applies to all. Each trace
+    equals what `trace` returns for its prompt alone (up to float rounding).
     """
     texts = list(texts)
     if not texts:
@@ -149,11 +169,11 @@ def compute_node_attribution_batch(
     for name, values in per_prompt.items():
         if values is not None and len(values) != len(texts):
             raise ValueError(f"{name} has {len(values)} entries for {len(texts)} prompts.")
-    model_obj, model_name, sae_dict, infos = resolve(model, saes, device, sae_dtype)
+    model_obj, model_name, sae_dict, records = resolve(model, saes, device, sae_dtype)
     # TransformerLens tokenises by briefly changing the model's defaults (prepend_bos), so
     # tokenising holds the model's lock too: a concurrent request must never lose its BOS.
     with model_lock(model_obj):
-        prompts, baselines = [], []
+        prompts, baselines, notes = [], [], []
         for index, text in enumerate(texts):
             with _naming_prompt(index, len(texts)):
                 prompt = prepare_prompt(
@@ -164,8 +184,10 @@ def compute_node_attribution_batch(
                     metric,
                 )
                 prompts.append(prompt)
-                if baseline_texts is not None:
-                    baselines.append(prepare_baseline(model_obj, baseline_texts[index], prompt))
+                baseline = None if baseline_texts is None else baseline_texts[index]
+                if baseline is not None:
+                    baselines.append(prepare_baseline(model_obj, baseline, prompt))
+                notes.append(_warnings(model_obj, prompt, baseline, index, len(texts)))
     batch = Batch.of([p.tokens for p in prompts], [p.metric for p in prompts])
     results = attribute(
         model_obj,
@@ -175,17 +197,101 @@ def compute_node_attribution_batch(
         ig_steps=ig_steps,
         baseline_tokens=Batch.of(baselines, batch.metrics).tokens if baselines else None,
     )
-    run = {
-        "model": model_name,
-        "saes": [info.sae_id for info in infos],
-        "method": method,
-        "ig_steps": ig_steps if method == "ig" else None,
-        "baseline": "zero" if baseline_texts is None else "counterfactual",
-    }
     return [
-        _prompt_frame(model_obj, result, prompt, infos, run)
-        for result, prompt in zip(results, prompts)
+        Trace(
+            nodes=node_frame(result, records, prompt.str_tokens),
+            prompt=PromptRecord(
+                text=text if isinstance(text, str) else None,
+                tokens=tuple(prompt.str_tokens),
+                token_ids=tuple(prompt.tokens[0].tolist()),
+                bos_position=_bos_position(model_obj, prompt),
+                target=prompt.target,
+                unknown_words=prompt.unknown_words,
+            ),
+            metric=MetricRecord(
+                name=prompt.metric.name,
+                description=prompt.metric.description,
+                value=result.metric_value,
+                baseline_value=result.baseline_metric_value,
+                positions=prompt.metric.positions,
+                token_ids=prompt.metric.token_ids,
+            ),
+            saes=records,
+            model=model_name,
+            method=method,
+            ig_steps=ig_steps if method == "ig" else None,
+            baseline="zero" if baseline_texts is None else "counterfactual",
+            baseline_text=baseline if isinstance(baseline, str) else None,
+            baseline_token_ids=None if not baselines else tuple(baselines[row][0].tolist()),
+            top_predictions=_top_predictions(model_obj, result.last_logits),
+            warnings=tuple(note),
+        )
+        for row, (result, prompt, text, baseline, note) in enumerate(
+            zip(results, prompts, texts, baseline_texts or [None] * len(texts), notes)
+        )
     ]
+
+
+def compute_node_attribution(
+    text: TextOrTokens,
+    model: str | HookedTransformer = loading.DEFAULT_MODEL,
+    saes: SAEArgument = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """`trace(...)` as a pandas DataFrame: the node table, with the run's metadata in `df.attrs`.
+
+    Takes exactly `trace`'s arguments. For pandas-first work; code that passes results on should
+    prefer the typed `Trace`.
+    """
+    return trace(text, model, saes, **options).to_frame()
+
+
+def compute_node_attribution_batch(
+    texts: Sequence[TextOrTokens],
+    model: str | HookedTransformer = loading.DEFAULT_MODEL,
+    saes: SAEArgument = None,
+    **options: Any,
+) -> list[pd.DataFrame]:
+    """`trace_batch(...)` as DataFrames, one per prompt (see `compute_node_attribution`)."""
+    return [result.to_frame() for result in trace_batch(texts, model, saes, **options)]
+
+
+class UnknownWordsWarning(UserWarning):
+    """A prompt has words the tokenizer reads as its unknown token; the run goes on."""
+
+
+def _warnings(
+    model: HookedTransformer,
+    prompt: Prompt,
+    baseline: TextOrTokens | None,
+    index: int,
+    n_prompts: int,
+) -> list[str]:
+    """Warnings for one prompt (and its counterfactual), also raised as `UnknownWordsWarning`."""
+    found = [("prompt", prompt.unknown_words)]
+    if isinstance(baseline, str):
+        found.append(("counterfactual prompt", tuple(unknown_words(model, baseline))))
+    prefix = f"Prompt {index}: " if n_prompts > 1 else ""
+    notes = [
+        prefix + unknown_words_warning(words, what, model.tokenizer.unk_token)
+        for what, words in found
+        if words
+    ]
+    for note in notes:
+        warnings.warn(note, UnknownWordsWarning, stacklevel=4)
+    return notes
+
+
+def _bos_position(model: HookedTransformer, prompt: Prompt) -> int | None:
+    bos = model.tokenizer.bos_token_id if model.tokenizer is not None else None
+    return 0 if bos is not None and int(prompt.tokens[0, 0]) == bos else None
+
+
+def _top_predictions(model: HookedTransformer, last_logits: torch.Tensor) -> tuple[Prediction, ...]:
+    probs = last_logits.float().softmax(-1)
+    top = probs.topk(min(N_TOP_PREDICTIONS, probs.shape[0]))
+    tokens = str_tokens(model, top.indices)
+    return tuple(Prediction(t, float(p)) for t, p in zip(tokens, top.values.tolist()))
 
 
 @contextmanager
@@ -197,36 +303,3 @@ def _naming_prompt(index: int, n_prompts: int) -> Iterator[None]:
         if n_prompts == 1:
             raise
         raise ValueError(f"Prompt {index}: {error}") from error
-
-
-def _prompt_frame(
-    model: HookedTransformer,
-    result: Attribution,
-    prompt: Prompt,
-    infos: list[SAEInfo],
-    run: dict[str, Any],
-) -> pd.DataFrame:
-    """One prompt's node table, with the run's metadata in `df.attrs`."""
-    df = node_frame(result, infos, prompt.str_tokens)
-    probs = result.last_logits.float().softmax(-1)
-    top = probs.topk(min(N_TOP_PREDICTIONS, probs.shape[0]))
-    bos = model.tokenizer.bos_token_id if model.tokenizer is not None else None
-    df.attrs.update(
-        {
-            **run,
-            "hook_names": result.hook_names,
-            "tokens": prompt.str_tokens,
-            "token_ids": prompt.tokens[0].tolist(),
-            "bos_position": 0 if bos is not None and int(prompt.tokens[0, 0]) == bos else None,
-            "metric": prompt.metric.name,
-            "metric_description": prompt.metric.description,
-            "metric_value": result.metric_value,
-            "target": prompt.target,
-            "baseline_metric_value": result.baseline_metric_value,
-            "top_predictions": [
-                {"token": token, "probability": float(p)}
-                for token, p in zip(str_tokens(model, top.indices), top.values.tolist())
-            ],
-        }
-    )
-    return df

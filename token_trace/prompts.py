@@ -28,6 +28,7 @@ class Prompt:
     metric: Metric
     target: str | None  # what the metric predicts, as text, for display
     text_length: int  # tokens of the text itself, before the target was dropped or answers fed
+    unknown_words: tuple[str, ...] = ()  # words of the text read as the unknown token
 
 
 def _has_tokenizer(model: HookedTransformer) -> bool:
@@ -40,6 +41,35 @@ def str_tokens(model: HookedTransformer, token_ids: torch.Tensor) -> list[str]:
     if not _has_tokenizer(model):
         return [str(int(i)) for i in ids]
     return list(model.to_str_tokens(ids))
+
+
+def unknown_words(model: HookedTransformer, text: str) -> list[str]:
+    """The words of `text` that the model's tokenizer turns into its unknown token, in order.
+
+    Byte-level tokenizers such as GPT-2's never produce it; word-level ones (the bundled model's)
+    do for every word outside their vocabulary, and the run would then silently score or read
+    `<unk>`. A literal unknown-token string typed in the text is not an unknown word.
+    """
+    tokenizer = model.tokenizer
+    unk_id = None if tokenizer is None else tokenizer.unk_token_id
+    if unk_id is None:
+        return []
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    words = [
+        text[start:end].strip() or text[start:end]
+        for token_id, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"])
+        if token_id == unk_id and text[start:end].strip() != tokenizer.unk_token
+    ]
+    return list(dict.fromkeys(words))
+
+
+def unknown_words_warning(words: Sequence[str], what: str, unk_token: str) -> str:
+    """The warning shown for a prompt with unknown words."""
+    listed = ", ".join(repr(word) for word in words)
+    return (
+        f"The {what} has words this model's vocabulary does not know, read as {unk_token!r}: "
+        f"{listed}. Results at those positions describe the unknown token, not the words."
+    )
 
 
 def _prompt_tokens(model: HookedTransformer, text: TextOrTokens) -> torch.Tensor:
@@ -75,6 +105,13 @@ def _answer_ids(
             raise ValueError(f"The {role} is empty.")
         if not _has_tokenizer(model):
             raise ValueError(f"This model has no tokenizer: pass the {role} as token ids.")
+        unknown = unknown_words(model, answer)
+        if unknown:
+            raise ValueError(
+                f"The {role} {answer!r} has words this model's vocabulary does not know "
+                f"({', '.join(map(repr, unknown))}): it would score the unknown token "
+                f"{model.tokenizer.unk_token!r}. Pick a word the model knows."
+            )
         ids = model.to_tokens(answer, prepend_bos=False, truncate=False)[0].tolist()
     else:
         ids = [int(answer)] if isinstance(answer, int) else [int(i) for i in answer]
@@ -121,6 +158,7 @@ def prepare_prompt(
     - `metric="loss"`: mean next-token loss of the text; a callable: any function of the logits.
     """
     tokens = _prompt_tokens(model, text)
+    unknown = tuple(unknown_words(model, text)) if isinstance(text, str) else ()
     if contrast is not None and answer is None:
         raise ValueError("A contrast answer needs an answer to compare against.")
     if callable(metric) or metric == "loss":
@@ -133,7 +171,7 @@ def prepare_prompt(
             chosen = metrics.mean_loss(tokens)
         else:
             chosen = metrics.custom(metric)
-        return Prompt(tokens, str_tokens(model, tokens), chosen, None, tokens.shape[1])
+        return Prompt(tokens, str_tokens(model, tokens), chosen, None, tokens.shape[1], unknown)
     if metric not in (None, "logprob", "logit_diff"):
         raise ValueError(
             f"Unknown metric {metric!r}: use 'logprob', 'logit_diff', 'loss' or a callable."
@@ -152,7 +190,7 @@ def prepare_prompt(
         chosen = metrics.token_logprob(
             [target_id], [tokens.shape[1] - 1], f"log p({target!r} | prompt)"
         )
-        return Prompt(tokens, str_tokens(model, tokens), chosen, target, text_length)
+        return Prompt(tokens, str_tokens(model, tokens), chosen, target, text_length, unknown)
 
     last = tokens.shape[1] - 1
     if contrast is not None:
@@ -165,7 +203,7 @@ def prepare_prompt(
         chosen = metrics.logit_difference(
             last, answer_id, contrast_id, f"logit({answer_str!r}) - logit({contrast_str!r})"
         )
-        return Prompt(tokens, str_tokens(model, tokens), chosen, answer_str, text_length)
+        return Prompt(tokens, str_tokens(model, tokens), chosen, answer_str, text_length, unknown)
 
     answer_ids = _answer_ids(model, answer, "answer")
     fed = torch.tensor([answer_ids[:-1]], dtype=torch.long, device=tokens.device)
@@ -177,7 +215,7 @@ def prepare_prompt(
         range(last, last + len(answer_ids)),
         f"log p({answer_str!r} | prompt)",
     )
-    return Prompt(tokens, str_tokens(model, tokens), chosen, answer_str, text_length)
+    return Prompt(tokens, str_tokens(model, tokens), chosen, answer_str, text_length, unknown)
 
 
 def prepare_baseline(

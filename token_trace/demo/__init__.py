@@ -1,8 +1,9 @@
 """The bundled offline demo: a small IOI transformer, its residual-stream SAEs and feature cards.
 
-Everything loads from files shipped in `weights/` (written by `python -m token_trace.demo.train`),
-with no network: the model through `HookedTransformer`, the SAEs through SAELens's own
-`SAE.load_from_disk`, the same code path as a downloaded release.
+Everything loads from files shipped in `weights/`, with no network: the model through
+`HookedTransformer`, the SAEs through SAELens's own `SAE.load_from_disk`, the same code path as a
+downloaded release. Only loading is installed; the code that wrote those files lives in the
+repository's `training/` folder (`python -m training.train` from the repository root).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from token_trace.demo.model import CONFIG_FILE, MODEL_NAME, load_model
 from token_trace.demo.tokenizer import load_tokenizer
+from token_trace.hook_names import residual_hooks
 
 DEMO_MODEL_NAME = MODEL_NAME
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -36,9 +38,7 @@ __all__ = [
 def demo_hook_names() -> list[str]:
     """The hook points that have an SAE, in layer order (as in GPT-2 small's `res-jb` release)."""
     n_layers = json.loads((WEIGHTS_DIR / CONFIG_FILE).read_text())["n_layers"]
-    return [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [
-        f"blocks.{n_layers - 1}.hook_resid_post"
-    ]
+    return residual_hooks(n_layers)
 
 
 def load_demo_tokenizer() -> PreTrainedTokenizerFast:

@@ -1,12 +1,15 @@
-"""The demo transformer's configuration and its on-disk form (safetensors + JSON config)."""
+"""The demo transformer's on-disk form (safetensors + JSON config), and loading it for serving.
+
+`training/transformer.py` defines the architecture and writes these files; loading needs only the
+config they record, so nothing here depends on how the model was trained.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase
 
@@ -14,28 +17,9 @@ MODEL_NAME = "ioi-demo"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 
-
-def demo_config(d_vocab: int, n_layers: int = 3, seed: int = 0) -> HookedTransformerConfig:
-    """A small GPT-2-style configuration: learned positions, LayerNorm, GELU MLPs."""
-    return HookedTransformerConfig(
-        model_name=MODEL_NAME,
-        n_layers=n_layers,
-        d_model=128,
-        n_heads=4,
-        d_head=32,
-        d_mlp=512,
-        n_ctx=64,
-        d_vocab=d_vocab,
-        act_fn="gelu_new",
-        normalization_type="LN",
-        positional_embedding_type="standard",
-        default_prepend_bos=True,
-        seed=seed,
-    )
-
-
-# The config fields that fully determine the architecture; everything else is a default.
-_SAVED_FIELDS = (
+# The config fields written to `CONFIG_FILE`: they fully determine the architecture; everything
+# else is a default.
+CONFIG_FIELDS = (
     "model_name",
     "n_layers",
     "d_model",
@@ -50,15 +34,6 @@ _SAVED_FIELDS = (
     "default_prepend_bos",
     "seed",
 )
-
-
-def save_model(model: HookedTransformer, directory: Path) -> None:
-    """Write `model.safetensors` and `model_config.json` into `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fields: dict[str, Any] = {name: getattr(model.cfg, name) for name in _SAVED_FIELDS}
-    (directory / CONFIG_FILE).write_text(json.dumps(fields, indent=2) + "\n")
-    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, directory / MODEL_FILE)
 
 
 def load_model(

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from token_trace.demo.lexicon import FACTS, NAMES, OBJECTS, PLACES, SEQUENCE_WORDS
+from training.lexicon import FACTS, NAMES, OBJECTS, PLACES, SEQUENCE_WORDS
 
 Split = Literal["train", "heldout"]
 

@@ -7,20 +7,13 @@ as a readable error while the server keeps serving, that concurrent requests do 
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
 
-import gradio as gr
 import httpx
 import pandas as pd
 import pytest
@@ -29,51 +22,10 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from transformer_lens import HookedTransformer
 
-from token_trace import app_support as support
-from token_trace import app_views as views
-from token_trace import compute_node_attribution, layer_totals, load_model, plots
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_WEIGHTS = ROOT / "token_trace" / "demo" / "weights" / "metrics.json"
-DEMO_PROMPTS = ROOT / "examples" / "demo_prompts.json"
-CAP = 48  # the test deployment's token cap: above the demo prompts, below the model's 64
-
-pytestmark = pytest.mark.skipif(
-    not (DEMO_WEIGHTS.exists() and DEMO_PROMPTS.exists()),
-    reason="the bundled ioi-demo model is not trained yet",
-)
-
-
-def load_app_module() -> ModuleType:
-    """`app.py` sits beside the package, not inside it: import it from its path."""
-    spec = importlib.util.spec_from_file_location("token_trace_app", ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Served:
-    module: ModuleType
-    app: object  # app.TokenTraceApp
-    demo: gr.Blocks
-    url: str
-    client: Client
-
-
-def start_app(max_tokens: int = CAP) -> Served:
-    """The app as `python app.py` builds it offline, served on a free port in this process."""
-    module = load_app_module()
-    web_app = module.TokenTraceApp(offline=True, max_tokens=max_tokens)
-    demo = web_app.build()
-    module.launch(demo, prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    return Served(module, web_app, demo, demo.local_url, Client(demo.local_url, verbose=False))
+from tests.helpers import CAP, ROOT, Served, demo_examples, free_port, start_app
+from token_trace import compute_node_attribution, load_model
+from token_trace.app import exports, service
+from token_trace.loading import release_sae_ids
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +33,6 @@ def served() -> Iterator[Served]:
     running = start_app()
     yield running
     running.demo.close()
-
-
-def demo_examples() -> list[dict]:
-    return json.loads(DEMO_PROMPTS.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -147,17 +95,17 @@ def test_attribute_returns_the_library_table(served: Served, index: int) -> None
     nodes = served.client.predict(**request, api_name="/attribute")
     expected = library_result(request)
     assert list(nodes[0]) == list(expected.columns)
-    assert nodes == support.records(expected)
+    assert nodes == exports.records(expected)
 
 
 def test_top_k_and_layers(served: Served) -> None:
     example = demo_examples()[0]
-    layer = support.loading.release_sae_ids("ioi-demo")[-1]
+    layer = release_sae_ids("ioi-demo")[-1]
     request = api_request(example, layers=layer)
     nodes = served.client.predict(**request, top_k=5, api_name="/attribute")
     expected = library_result(request)
     top = expected.loc[expected["attribution"].abs().nlargest(5).index]
-    assert nodes == support.records(top)
+    assert nodes == exports.records(top)
     assert {node["sae_id"] for node in nodes} == {layer}
 
 
@@ -181,7 +129,7 @@ def test_repeated_requests_come_from_the_cache(served: Served, monkeypatch) -> N
     def no_recompute(**kwargs: object) -> None:
         raise AssertionError("a cached request was recomputed")
 
-    monkeypatch.setattr(served.module, "compute_node_attribution", no_recompute)
+    monkeypatch.setattr(service, "trace", no_recompute)
     assert served.client.predict(**request, api_name="/attribute") == first
 
 
@@ -217,7 +165,14 @@ BAD_INPUTS = [
     ("unknown model", lambda ex, m: {"model": "llama-7b"}, "This app offers the models"),
     ("unknown release", lambda ex, m: {"release": "gpt2-xl-res"}, "This app offers the SAE"),
     ("unknown layer", lambda ex, m: {"layers": "blocks.9.hook_z"}, "has no SAE 'blocks.9.hook_z'"),
-    ("IG steps", lambda ex, m: {"method": "ig", "ig_steps": 0}, "between 1 and 64 steps"),
+    ("IG steps", lambda ex, m: {"method": "ig", "ig_steps": 0}, "between 1 and 64"),
+    ("fractional IG steps", lambda ex, m: {"method": "ig", "ig_steps": 2.5}, "whole number"),
+    ("unknown answer word", lambda ex, m: {"answer": " Zorblax"}, "does not know .'Zorblax'"),
+    (
+        "unknown contrast word",
+        lambda ex, m: {"contrast": " Zorblax"},
+        "would score the unknown token",
+    ),
     ("unknown method", lambda ex, m: {"method": "magic"}, "Unknown method 'magic'"),
 ]
 
@@ -234,10 +189,31 @@ def test_bad_input_returns_its_message(
         served.client.predict(**request, api_name="/attribute")
 
 
+def test_negative_top_k_is_an_error(served: Served) -> None:
+    with pytest.raises(AppError, match="top_k must be 0"):
+        served.client.predict(**api_request(demo_examples()[0]), top_k=-1, api_name="/attribute")
+
+
+def test_atp_ignores_the_ig_steps_field(served: Served) -> None:
+    request = api_request(demo_examples()[0])
+    nodes = served.client.predict(**request, ig_steps=0, top_k=3, api_name="/attribute")
+    assert nodes == served.client.predict(**request, top_k=3, api_name="/attribute")
+
+
+def test_unknown_prompt_words_are_a_warning_in_the_summary(served: Served) -> None:
+    example = demo_examples()[0]
+    text = example["text"].replace(" museum", " Zorblax")
+    run = served.client.predict(**api_request(example, text=text), api_name="/summary")
+    assert len(run["warnings"]) == 1
+    assert "'Zorblax'" in run["warnings"][0] and "<unk>" in run["warnings"][0]
+    clean = served.client.predict(**api_request(example), api_name="/summary")
+    assert clean["warnings"] == []
+
+
 def test_prompt_over_the_model_context(
     served: Served, demo_model: HookedTransformer, monkeypatch
 ) -> None:
-    monkeypatch.setattr(served.app, "max_tokens", 10_000)
+    monkeypatch.setattr(served.page.service, "max_tokens", 10_000)
     example = demo_examples()[0]
     text = longer_than(demo_model, example["text"], demo_model.cfg.n_ctx + 1)
     with pytest.raises(AppError, match="reads at most 64"):
@@ -269,7 +245,7 @@ def test_compute_errors_are_reported_and_the_server_keeps_serving(
     def fail(**kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(served.module, "compute_node_attribution", fail)
+    monkeypatch.setattr(service, "trace", fail)
     fresh = api_request(example, text=example["text"] + " " + type(error).__name__)
     with pytest.raises(AppError, match=message):
         served.client.predict(**fresh, api_name="/attribute")
@@ -281,9 +257,9 @@ def test_compute_errors_are_reported_and_the_server_keeps_serving(
 
 
 def test_concurrent_requests_match_sequential_library_runs(served: Served, monkeypatch) -> None:
-    monkeypatch.setattr(served.module, "RESULTS", support.ResultCache())  # nothing cached
+    monkeypatch.setattr(served.page.service, "cache", service.ResultCache())  # nothing cached
     examples = demo_examples()
-    layer_ids = support.loading.release_sae_ids("ioi-demo")
+    layer_ids = release_sae_ids("ioi-demo")
     requests = [
         api_request(
             examples[i % len(examples)],
@@ -293,7 +269,7 @@ def test_concurrent_requests_match_sequential_library_runs(served: Served, monke
         )
         for i in range(8)
     ]
-    expected = [support.records(library_result(request)) for request in requests]
+    expected = [exports.records(library_result(request)) for request in requests]
     jobs = [served.client.submit(**request, api_name="/attribute") for request in requests]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda job: job.result(timeout=120), jobs))
@@ -313,54 +289,7 @@ def test_offline_page_defaults_to_the_bundled_model(served: Served) -> None:
     assert parameters[1]["parameter_default"] == "ioi-demo"
 
 
-def test_views_escape_prompt_text() -> None:
-    df = library_result(api_request(demo_examples()[0]))
-    evil = '<img src=x onerror="alert(1)">'
-    df.attrs = {**df.attrs, "tokens": [evil] * len(df.attrs["tokens"]), "target": evil}
-    df["token"] = evil
-    df.attrs["metric_description"] = f"log p({evil})"
-    pages = [
-        views.tokens_html(df),
-        views.summary_html(df, 0.1),
-        views.feature_panel_html(df, int(df.index[0]), card=lambda h, f: None, offline=True),
-        plots.layer_position_heatmap(df).to_json(),
-        plots.attribution_scatter(df).to_json(),
-    ]
-    for page in pages:
-        assert "<img" not in page
-    assert "&lt;img" in pages[0]
-
-
-def test_table_filters_and_search() -> None:
-    df = library_result(api_request(demo_examples()[0]))
-    table = views.table_view(df, features_only=True, hide_bos=True, query="")
-    assert set(table["type"]) == {"feature"}
-    assert df.attrs["bos_position"] not in set(table["pos"])
-    assert len(table) <= views.TABLE_ROWS
-    assert table["attribution"].abs().is_monotonic_decreasing
-    feature = int(table["feature"].iloc[0])
-    assert (views.table_view(df, False, False, str(feature))["feature"] == feature).all()
-    query = df.attrs["tokens"][-1].strip().upper()
-    found = views.table_view(df, False, False, query)["token"]
-    assert len(found) and found.str.lower().str.contains(query.lower(), regex=False).all()
-    assert len(layer_totals(df)) == len(df.attrs["hook_names"])
-
-
-def test_exports_reproduce_the_run(tmp_path: Path) -> None:
-    example = demo_examples()[0]
-    settings = support.make_settings(
-        example["text"], "ioi-demo", "", "", example["answer"], "", "atp", 10, ""
-    )
-    df = compute_node_attribution(**settings.library_kwargs(), device="cpu")
-    paths = support.write_exports(settings, df, tmp_path)
-    assert len(pd.read_csv(paths["csv"])) == len(df)
-    pd.testing.assert_frame_equal(pd.read_parquet(paths["parquet"]), df)
-    meta = json.loads(paths["json"].read_text())
-    again = compute_node_attribution(**meta["library_call"], device="cpu")
-    pd.testing.assert_frame_equal(again, df)
-    assert meta["run"]["metric_value"] == df.attrs["metric_value"]
-
-
+@pytest.mark.slow
 def test_python_app_py_starts_offline_and_answers() -> None:
     port = free_port()
     env = {
@@ -397,3 +326,37 @@ def test_python_app_py_starts_offline_and_answers() -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_example_client_reports_a_model_it_cannot_load_without_a_traceback(
+    served: Served, monkeypatch
+) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained", offline)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "client.py"), served.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "Could not load model 'gpt2'" in done.stderr and "--demo" in done.stderr
+    demo = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "client.py"),
+            served.url,
+            "--demo",
+            "--top-k",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert "logit(" in demo.stdout

@@ -2,7 +2,8 @@
 
 Rerun with::
 
-    python -m token_trace.demo.train            # or: --out DIR to write elsewhere
+    python -m training.train              # from the repository root
+    python -m training.train --out DIR    # to write elsewhere
 
 Steps: generate the seeded corpus, build the tokenizer over its vocabulary, train the transformer,
 train one SAE per hook point (every `hook_resid_pre` and the last `hook_resid_post`) on the model's
@@ -31,20 +32,24 @@ from sae_lens import SAE
 from tokenizers import Tokenizer
 from transformer_lens import HookedTransformer
 
-from token_trace.demo import cards, corpus, evaluate
-from token_trace.demo.model import demo_config, load_model, save_model
-from token_trace.demo.sae import (
+from token_trace.demo import WEIGHTS_DIR
+from token_trace.demo.model import load_model
+from token_trace.demo.tokenizer import END_OF_TEXT, load_tokenizer
+from token_trace.hook_names import residual_hooks
+from training import cards, corpus, evaluate
+from training.sae import (
     SAESettings,
     SpliceSettings,
     finetune_spliced,
     save_sae,
     train_sae,
 )
-from token_trace.demo.tokenizer import END_OF_TEXT, build_tokenizer, load_tokenizer
+from training.transformer import demo_config, save_model
+from training.word_tokenizer import build_tokenizer
 
 SEED = 0
 THREADS = 2
-DEFAULT_OUT = Path(__file__).parent / "weights"
+DEFAULT_OUT = WEIGHTS_DIR
 
 # Evaluation and card data: IOI from the held-out split; fixed seeds distinct from training's.
 N_HELDOUT_IOI = 1000
@@ -71,13 +76,6 @@ class ModelSettings:
 MODEL_SETTINGS = ModelSettings()
 SAE_SETTINGS = SAESettings()
 SPLICE_SETTINGS = SpliceSettings()
-
-
-def hook_names(n_layers: int) -> list[str]:
-    """SAE hook points in layer order, as in GPT-2 small's residual SAE releases."""
-    return [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [
-        f"blocks.{n_layers - 1}.hook_resid_post"
-    ]
 
 
 def _batches(
@@ -142,7 +140,7 @@ def train_model(tokenizer: Tokenizer, settings: ModelSettings) -> HookedTransfor
 
 def train_saes(model: HookedTransformer, tokenizer: Tokenizer, out: Path) -> None:
     """Train one SAE per hook point (stage 1), fine-tune them spliced together (stage 2), save."""
-    names = hook_names(model.cfg.n_layers)
+    names = residual_hooks(model.cfg.n_layers)
     texts = corpus.corpus_texts(N_SAE_TRAIN_TEXTS, seed=SEED + 1)
     activations = evaluate.hook_activations(model, texts, names, skip_bos=False)
     saes = {}
@@ -211,7 +209,7 @@ def main() -> None:
     sae_start = time.perf_counter()
     train_saes(model, tokenizer, out)
     timings["saes_s"] = time.perf_counter() - sae_start
-    names = hook_names(model.cfg.n_layers)
+    names = residual_hooks(model.cfg.n_layers)
     saes = {name: SAE.load_from_disk(out / "saes" / name) for name in names}
 
     print("feature cards", flush=True)
@@ -229,7 +227,7 @@ def main() -> None:
     metrics.update(
         seed=SEED,
         threads=THREADS,
-        rerun="python -m token_trace.demo.train",
+        rerun="python -m training.train",
         model_settings=asdict(MODEL_SETTINGS),
         sae_settings=asdict(SAE_SETTINGS),
         splice_settings=asdict(SPLICE_SETTINGS),

@@ -14,7 +14,7 @@ import torch
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
-from token_trace.demo.evaluate import hook_activations, pad_tokens
+from training.evaluate import hook_activations, pad_tokens
 
 N_CONTEXTS = 5
 N_LOGITS = 5

@@ -15,7 +15,7 @@ from sae_lens import SAE
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from token_trace.demo.corpus import IOIExample
+from training.corpus import IOIExample
 
 ForwardHook = tuple[str, Callable[[torch.Tensor, HookPoint], torch.Tensor]]
 

@@ -31,8 +31,8 @@ from sae_lens.saes.sae import SAEMetadata
 from sae_lens.saes.topk_sae import TopK
 from transformer_lens import HookedTransformer
 
-from token_trace.demo.evaluate import splice_hooks
 from token_trace.demo.model import MODEL_NAME
+from training.evaluate import splice_hooks
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def train_sae(
             neuronpedia_id=None,
             prepend_bos=True,
             context_size=64,
-            dataset_path="token_trace.demo.corpus (synthetic)",
+            dataset_path="training.corpus (synthetic)",
         ),
     )
     sae = TopKSAE(cfg)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import PROMPT
+from tests.helpers import PROMPT
 from token_trace import (
     Node,
     ablation_effects,

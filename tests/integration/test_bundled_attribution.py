@@ -12,8 +12,8 @@ import pytest
 
 from token_trace import Node, ablation_effects, compute_node_attribution, loading, top_nodes
 from token_trace.cli import main
-from token_trace.demo.corpus import heldout_ioi_examples
 from token_trace.prompts import prepare_prompt
+from training.corpus import heldout_ioi_examples
 
 EXAMPLES = heldout_ioi_examples(4, seed=7)
 #: Measured on the shipped weights: sign agreement 1.0, 0.95, 0.95, 0.9 and Spearman rho

@@ -1,7 +1,7 @@
-"""What the app shows of a node table: coloured tokens, the ranked table, the feature panel.
+"""What the app shows of a trace: coloured tokens, the summary, the ranked table, the feature panel.
 
-Everything here turns a finished node table (and the user's filters) into HTML strings, dicts or
-small DataFrames; nothing computes attributions. Any text that came from a user or a tokenizer goes
+Everything here turns a finished `Trace` (and the user's filters) into HTML strings, dicts or small
+DataFrames; nothing computes attributions. Any text that came from a user or a tokenizer goes
 through `html.escape` before it reaches the page, so a prompt cannot inject markup.
 """
 
@@ -13,16 +13,15 @@ from collections.abc import Callable, Mapping
 
 import pandas as pd
 
-from token_trace.app_support import METHOD_LABELS
-from token_trace.neuronpedia import BASE_URL, embed_url, feature_url, quick_list_url
-from token_trace.nodes import position_totals, top_nodes
-from token_trace.plots import visible_token
+from token_trace.app.requests import METHOD_LABELS
+from token_trace.app.theme import signed_background
+from token_trace.neuronpedia import embed_url, feature_url, quick_list_url
+from token_trace.nodes import top_nodes, without_bos
+from token_trace.records import Trace
 
 #: Rows the table shows; the full table is in the exports.
 TABLE_ROWS = 300
 QUICK_LIST_SIZE = 20
-POSITIVE_RGB = (202, 62, 54)  # the red end of plotly's RdBu, used by the charts too
-NEGATIVE_RGB = (39, 110, 176)  # its blue end
 PANEL_HINT = (
     '<div class="tt-panel tt-muted">Click a row of the table to see that feature on Neuronpedia '
     "(or its offline card for the bundled model).</div>"
@@ -37,6 +36,37 @@ TABLE_COLUMNS = {
     "activation": "activation",
     "attribution": "attribution",
 }
+
+
+GUIDE = """
+**Attribution** estimates how much the metric (shown above the tokens) would fall if a node were set
+to its baseline: zero, or its value on the counterfactual prompt. Red nodes support the prediction,
+blue ones work against it.
+
+**Nodes** are every active SAE feature at every token position and layer, plus one **error** node
+per position and layer: the part of the activation the SAE does not reconstruct. A large error bar
+means that layer's SAE misses part of what the model does there.
+
+**Token colours** show, per token, the mean over layers of its summed attribution. The first token
+(BOS) is an attention sink with outsized values; *Hide BOS* leaves it out of rankings and charts.
+
+**Methods**: attribution patching (AtP) is one forward and one backward pass, a first-order
+estimate; integrated gradients (IG) averages gradients on the way to the baseline and is more
+faithful where attention saturates. Check the largest nodes by real ablation before relying on them.
+
+**Answers**: a leading space is part of a token. GPT-2 reads `' Mary'` (with the space, as after
+another word) and `'Mary'` as different tokens; the summary shows the token(s) actually scored.
+"""
+
+
+def visible_token(token: str) -> str:
+    """A token as text a reader can see: newlines and tabs as arrows (spaces are kept)."""
+    return token.replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
+
+
+def token_label(position: int, token: str) -> str:
+    """`12: ' Mary'`, escaped for plotly's labels (quoted so punctuation and spaces show)."""
+    return html.escape(f"{position}: {quoted_token(token)}")
 
 
 def format_value(value: float) -> str:
@@ -54,26 +84,21 @@ def _strength(value: float, scale: float) -> float:
 
 
 def _background(value: float, scale: float) -> str:
-    red, green, blue = POSITIVE_RGB if value >= 0 else NEGATIVE_RGB
-    return f"rgba({red}, {green}, {blue}, {0.08 + 0.8 * _strength(value, scale):.3f})"
-
-
-def _bos(df: pd.DataFrame) -> int | None:
-    return df.attrs.get("bos_position")
+    return signed_background(value, _strength(value, scale))
 
 
 # --------------------------------------------------------------------------- tokens
 
 
-def tokens_html(df: pd.DataFrame) -> str:
+def tokens_html(result: Trace) -> str:
     """Every token coloured by its total attribution (`position_totals`), value printed beneath.
 
     The colour scale ignores BOS, whose outsized totals would wash out every other token. The last
     position (where the prediction is read) is outlined, and the target follows it.
     """
-    tokens: list[str] = df.attrs["tokens"]
-    totals = position_totals(df).set_index("position")["attribution"]
-    bos = _bos(df)
+    tokens = result.prompt.tokens
+    totals = result.position_totals().set_index("position")["attribution"]
+    bos = result.prompt.bos_position
     scored = totals.drop(index=bos, errors="ignore") if bos is not None else totals
     scale = float(scored.abs().max()) if len(scored) else 0.0
     last = len(tokens) - 1
@@ -94,7 +119,7 @@ def tokens_html(df: pd.DataFrame) -> str:
             f'<span class="tt-text">{html.escape(visible_token(token))}</span>'
             f'<span class="tt-val">{format_value(value)}</span></span>'
         )
-    target = df.attrs.get("target")
+    target = result.prompt.target
     if target is not None:
         spans.append('<span class="tt-arrow" aria-hidden="true">→</span>')
         spans.append(
@@ -112,46 +137,57 @@ def tokens_html(df: pd.DataFrame) -> str:
     return f'<div class="tt-tokens"><div class="tt-row">{"".join(spans)}</div>{legend}</div>'
 
 
-def predictions(df: pd.DataFrame) -> dict[str, float]:
+def predictions(result: Trace) -> dict[str, float]:
     """The model's top next-token predictions, for `gr.Label` (quoted so spaces show)."""
-    return {quoted_token(p["token"]): p["probability"] for p in df.attrs["top_predictions"]}
+    return {quoted_token(p.token): p.probability for p in result.top_predictions}
 
 
-def summary_html(df: pd.DataFrame, seconds: float | None) -> str:
-    """One line on what was measured: the metric and its value, method, baseline, size."""
-    attrs = df.attrs
-    value = attrs["metric_value"]
-    metric = f"<b>{html.escape(attrs['metric_description'])}</b> = {format_value(value)}"
-    if attrs["metric"] == "logprob":
-        metric += f" (p = {math.exp(value):.3g})"
+def summary_html(result: Trace, seconds: float | None) -> str:
+    """What was measured (metric and value, the token(s) scored, method, baseline, size), and any
+    warning the library raised (unknown words) in a box of its own."""
+    metric = result.metric
+    line = f"<b>{html.escape(metric.description)}</b> = {format_value(metric.value)}"
+    if metric.name == "logprob":
+        line += f" (p = {math.exp(metric.value):.3g})"
     baseline = "zero baseline (features and errors ablated)"
-    if attrs.get("baseline") == "counterfactual":
-        baseline = (
-            f"counterfactual baseline (metric there {format_value(attrs['baseline_metric_value'])})"
-        )
-    method = METHOD_LABELS.get(attrs["method"], attrs["method"])
-    if attrs.get("ig_steps"):
-        method += f", {attrs['ig_steps']} steps"
-    n_features = int((df["node_type"] == "feature").sum())
-    parts = [
-        metric,
+    if result.baseline == "counterfactual" and metric.baseline_value is not None:
+        baseline = f"counterfactual baseline (metric there {format_value(metric.baseline_value)})"
+    method = METHOD_LABELS.get(result.method, result.method)
+    if result.ig_steps:
+        method += f", {result.ig_steps} steps"
+    nodes = result.nodes
+    n_features = int((nodes["node_type"] == "feature").sum())
+    parts = [line]
+    if result.prompt.target is not None:
+        parts.append(f"scores {html.escape(quoted_token(result.prompt.target))}")
+    parts += [
         html.escape(method),
         baseline,
-        f"{len(attrs['hook_names'])} SAEs",
-        f"{n_features:,} active features + {len(df) - n_features:,} error nodes",
+        f"{len(result.saes)} SAEs",
+        f"{n_features:,} active features + {len(nodes) - n_features:,} error nodes",
     ]
     if seconds is not None:
         parts.append(f"{seconds:.2f} s")
-    return f'<div class="tt-summary">{" · ".join(parts)}</div>'
+    warnings = "".join(
+        f'<div class="tt-warning">⚠ {html.escape(warning)}</div>' for warning in result.warnings
+    )
+    return f'<div class="tt-summary">{" · ".join(parts)}{warnings}</div>'
+
+
+def stale_summary_html() -> str:
+    """The summary after a failed request: the previous results are cleared, not left standing."""
+    return (
+        '<div class="tt-summary tt-stale">No results: the last request failed (its message is '
+        "shown above). Fix the input and press Trace again.</div>"
+    )
 
 
 # --------------------------------------------------------------------------- table
 
 
-def filtered(df: pd.DataFrame, features_only: bool, hide_bos: bool) -> pd.DataFrame:
+def filtered(result: Trace, features_only: bool, hide_bos: bool) -> pd.DataFrame:
     """The node table under the two filters every view shares."""
-    if hide_bos and _bos(df) is not None:
-        df = df[df["position"] != _bos(df)]
+    df = without_bos(result) if hide_bos else result.nodes
     if features_only:
         df = df[df["node_type"] == "feature"]
     return df
@@ -172,10 +208,15 @@ def _significant(values: pd.Series, digits: int = 4) -> pd.Series:
     return values.map(lambda value: float(f"{value:.{digits}g}"))
 
 
-def table_view(df: pd.DataFrame, features_only: bool, hide_bos: bool, query: str) -> pd.DataFrame:
+def empty_table() -> pd.DataFrame:
+    """The table before any run: the real column headers, no rows."""
+    return pd.DataFrame(columns=list(TABLE_COLUMNS.values()))
+
+
+def table_view(result: Trace, features_only: bool, hide_bos: bool, query: str) -> pd.DataFrame:
     """The top rows by |attribution| under the filters, with a `node` column: the row's index in
     the full table, which is how a selected row is found again whatever the table's sort order."""
-    view = filtered(df, features_only, hide_bos)
+    view = filtered(result, features_only, hide_bos)
     if query.strip():
         view = view[matches(view, query)]
     view = top_nodes(view, TABLE_ROWS)
@@ -201,16 +242,6 @@ def node_from_row(row: list | Mapping | None, index: int | None, view: pd.DataFr
 # --------------------------------------------------------------------------- feature panel
 
 
-def _neuronpedia_id(url: object) -> str | None:
-    """The Neuronpedia id inside a row's url (`…/gpt2-small/6-res-jb/123` → `gpt2-small/6-res-jb`).
-
-    The url was built by the library from SAELens metadata, so the id is never guessed here.
-    """
-    if not isinstance(url, str) or not url.startswith(f"{BASE_URL}/"):
-        return None
-    return url[len(BASE_URL) + 1 :].rsplit("/", 1)[0]
-
-
 def _node_header(node: pd.Series) -> str:
     kind = "SAE error node" if node["node_type"] == "error" else f"feature {int(node['feature'])}"
     return (
@@ -222,7 +253,7 @@ def _node_header(node: pd.Series) -> str:
 
 
 def feature_panel_html(
-    df: pd.DataFrame,
+    result: Trace,
     node_index: int | None,
     *,
     card: Callable[[str, int], Mapping | None],
@@ -232,9 +263,9 @@ def feature_panel_html(
 
     `card(hook_name, feature)` supplies the bundled model's feature card (None when it has none).
     """
-    if node_index is None or node_index not in df.index:
+    if node_index is None or node_index not in result.nodes.index:
         return PANEL_HINT
-    node = df.loc[node_index]
+    node = result.nodes.loc[node_index]
     head = _node_header(node)
     if node["node_type"] == "error":
         body = (
@@ -243,7 +274,7 @@ def feature_panel_html(
         )
         return f'<div class="tt-panel">{head}{body}</div>'
     feature = int(node["feature"])
-    np_id = _neuronpedia_id(node.get("neuronpedia_url"))
+    np_id = result.sae(str(node["hook_name"])).neuronpedia_id
     if np_id is not None:
         link = html.escape(feature_url(np_id, feature))
         frame = html.escape(embed_url(np_id, feature))
@@ -296,15 +327,16 @@ def feature_card_html(card: Mapping) -> str:
     )
 
 
-def quick_links_html(df: pd.DataFrame, hide_bos: bool) -> str:
+def quick_links_html(result: Trace, hide_bos: bool) -> str:
     """Links to Neuronpedia quick-lists of the top positive and top negative features."""
-    if "neuronpedia_url" not in df.columns:
+    pages = {sae.hook_name: sae.neuronpedia_id for sae in result.saes if sae.neuronpedia_id}
+    if not pages:
         return (
             '<div class="tt-links tt-muted">This model has no Neuronpedia pages; click a row for '
             "its offline feature card.</div>"
         )
-    features = filtered(df, features_only=True, hide_bos=hide_bos)
-    features = features[features["neuronpedia_url"].notna()]
+    features = filtered(result, features_only=True, hide_bos=hide_bos)
+    features = features[features["hook_name"].astype(str).isin(pages)]
     links = []
     for name, ascending in (("positive", False), ("negative", True)):
         signed = features[features["attribution"] < 0 if ascending else features["attribution"] > 0]
@@ -313,8 +345,8 @@ def quick_links_html(df: pd.DataFrame, hide_bos: bool) -> str:
         if top.empty:
             continue
         pairs = [
-            (_neuronpedia_id(url), int(feature))
-            for url, feature in zip(top["neuronpedia_url"], top["feature"])
+            (pages[str(hook)], int(feature))
+            for hook, feature in zip(top["hook_name"], top["feature"])
         ]
         url = quick_list_url(f"token-trace top {name} features", pairs)
         links.append(

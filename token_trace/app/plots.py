@@ -1,40 +1,24 @@
-"""Plotly figures of a node table: where (layer x position), how (features vs error), which nodes.
+"""Plotly figures of a trace: where (layer x position), how (features vs error), which nodes.
 
-Each function takes the library's node table (already filtered by the caller if wanted) and
+Each function takes node tables from a `Trace` (already filtered by the caller if wanted) and
 returns a `plotly.graph_objects.Figure`; nothing here recomputes attributions. Tokens are passed
-through `html.escape` because plotly renders a subset of HTML in labels and hover text.
+through `html.escape` because plotly renders a subset of HTML in labels and hover text. Colours
+come from `token_trace.app.theme`, so a sign has one colour on the whole page.
 """
 
 from __future__ import annotations
-
-import html
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-#: Red for positive, blue for negative, as in the app's token colouring.
-DIVERGING = "RdBu_r"
-FEATURE_COLOUR = "#ca3e36"
-ERROR_COLOUR = "#8c8c8c"
-TOTAL_COLOUR = "#222222"
+from token_trace.app.render import token_label
+from token_trace.app.theme import DIVERGING, FONT, MONO, NEUTRAL, TOTAL, signed_colour
+from token_trace.hook_names import short_label
+from token_trace.records import Trace
+
 SCATTER_POINTS = 4000
 MAX_TICKS = 48  # position labels on the heatmap's axis before every k-th one is shown
-
-
-def hook_label(hook_name: str) -> str:
-    """A compact, unique axis label: `blocks.6.hook_resid_pre` -> `6 resid_pre`."""
-    return hook_name.removeprefix("blocks.").replace(".hook_", " ").replace("hook_", "")
-
-
-def visible_token(token: str) -> str:
-    """A token as text a reader can see: newlines and tabs as arrows (spaces are kept)."""
-    return token.replace("\n", "↵").replace("\t", "⇥").replace("\r", "")
-
-
-def token_label(position: int, token: str) -> str:
-    """`12: token`, escaped for plotly's labels."""
-    return html.escape(f"{position}: {visible_token(token)}")
 
 
 def _style(fig: go.Figure, title: str, height: int) -> go.Figure:
@@ -43,22 +27,18 @@ def _style(fig: go.Figure, title: str, height: int) -> go.Figure:
         template="plotly_white",
         height=height,
         margin={"l": 10, "r": 10, "t": 44, "b": 10},
-        font={"family": "Inter, ui-sans-serif, system-ui, sans-serif", "size": 12},
-        hoverlabel={"font": {"family": "ui-monospace, SFMono-Regular, Menlo, monospace"}},
+        font={"family": FONT, "size": 12},
+        hoverlabel={"font": {"family": MONO}},
     )
     return fig
 
 
-def _hooks_in_order(df: pd.DataFrame) -> list[str]:
-    """Hook names in the run's order (the order the SAEs were given, by depth for presets)."""
+def layer_position_heatmap(result: Trace, df: pd.DataFrame) -> go.Figure:
+    """Summed attribution per SAE layer and token position of `df` (rows of `result.nodes`):
+    where in the prompt, how deep. Layers in the run's order (by depth for releases)."""
     present = set(df["hook_name"].astype(str))
-    return [hook for hook in df.attrs["hook_names"] if hook in present]
-
-
-def layer_position_heatmap(df: pd.DataFrame) -> go.Figure:
-    """Summed attribution per SAE layer and token position: where in the prompt, how deep."""
-    hooks = _hooks_in_order(df)
-    tokens: list[str] = df.attrs["tokens"]
+    hooks = [hook for hook in result.hook_names if hook in present]
+    tokens = result.prompt.tokens
     positions = sorted(df["position"].unique().tolist())
     sums = df.groupby([df["hook_name"].astype(str), "position"])["attribution"].sum()
     grid = sums.unstack("position").reindex(index=hooks, columns=positions).fillna(0.0)
@@ -69,7 +49,7 @@ def layer_position_heatmap(df: pd.DataFrame) -> go.Figure:
         go.Heatmap(
             z=z,
             x=list(range(len(positions))),
-            y=[hook_label(h) for h in hooks],
+            y=[short_label(h) for h in hooks],
             customdata=np.array([labels] * len(hooks), dtype=object),
             colorscale=DIVERGING,
             zmid=0.0,
@@ -92,18 +72,21 @@ def layer_totals_figure(totals: pd.DataFrame) -> go.Figure:
     A large error bar says that layer's SAE leaves much of the effect unexplained.
     `totals` is `token_trace.layer_totals(df)`.
     """
-    labels = [hook_label(h) for h in totals["hook_name"].astype(str)]
+    labels = [short_label(h) for h in totals["hook_name"].astype(str)]
     share = [f"error share {s:.0%}" for s in totals["error_share"]]
     fig = go.Figure()
-    for column, name, colour in (
-        ("features", "SAE features", FEATURE_COLOUR),
-        ("error", "SAE error", ERROR_COLOUR),
-    ):
+    # Features: the page's sign colours. Errors: the same colours, hatched, so the two bars of a
+    # layer stay apart without giving either a colour that means something else.
+    for column, name, pattern in (("features", "SAE features", ""), ("error", "SAE error", "/")):
         fig.add_bar(
             x=labels,
             y=totals[column],
             name=name,
-            marker_color=colour,
+            marker={
+                "color": [signed_colour(v) for v in totals[column]],
+                "pattern": {"shape": pattern, "fgcolor": "white", "solidity": 0.35},
+                "line": {"color": NEUTRAL, "width": 1},
+            },
             customdata=share,
             hovertemplate=f"%{{x}} · {name}: %{{y:+.4g}}<br>%{{customdata}}<extra></extra>",
         )
@@ -112,7 +95,7 @@ def layer_totals_figure(totals: pd.DataFrame) -> go.Figure:
         y=totals["total"],
         name="total",
         mode="markers",
-        marker={"color": TOTAL_COLOUR, "symbol": "diamond", "size": 9},
+        marker={"color": TOTAL, "symbol": "diamond", "size": 9},
         hovertemplate="%{x} · total: %{y:+.4g}<extra></extra>",
     )
     fig.update_layout(
@@ -130,7 +113,7 @@ def attribution_scatter(df: pd.DataFrame, max_points: int = SCATTER_POINTS) -> g
     shown = features.loc[features["attribution"].abs().nlargest(max_points).index]
     tokens = [token_label(p, t) for p, t in zip(shown["position"], shown["token"])]
     hover = [
-        f"{hook_label(h)} · feature {f}<br>{t}"
+        f"{short_label(h)} · feature {f}<br>{t}"
         for h, f, t in zip(shown["hook_name"].astype(str), shown["feature"], tokens)
     ]
     fig = go.Figure(

@@ -10,7 +10,7 @@ import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from tests.conftest import PROMPT
+from tests.helpers import PROMPT
 from token_trace import COLUMNS, LoadError, compute_node_attribution, loading
 from token_trace.loading import SAESpec
 
@@ -43,7 +43,7 @@ def test_bad_input_is_a_clear_value_error(model, saes, kwargs, message):
 
 def test_table_schema_and_metadata(model, saes):
     df = compute_node_attribution(PROMPT, model, saes, answer=" Mary")
-    assert list(df.columns) == [*COLUMNS, "neuronpedia_url"]
+    assert list(df.columns) == COLUMNS
     assert df["layer"].dtype.kind == "i" and df["position"].dtype.kind == "i"
     assert set(df["node_type"]) == {"feature", "error"}
     errors = df[df.node_type == "error"]

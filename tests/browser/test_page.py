@@ -1,6 +1,7 @@
-"""The app in a real headless Chromium: an example runs and every result panel appears.
+"""The app in a real headless Chromium: an example runs, every panel appears, and the page behaves
+as a new user expects (search on paste, errors clear stale results, headers before a run).
 
-Saves `test-artifacts/app.png` (a full-page screenshot) for a person to look at.
+Saves full-page screenshots in `test-artifacts/` for a person to look at.
 """
 
 from __future__ import annotations
@@ -10,21 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_app import DEMO_PROMPTS, DEMO_WEIGHTS, Served, demo_examples, start_app
+
+from tests.helpers import ARTIFACTS, Served, demo_examples, start_app
 
 playwright = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 TIMEOUT_MS = 60_000
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
-    pytest.mark.skipif(
-        not (DEMO_WEIGHTS.exists() and DEMO_PROMPTS.exists()),
-        reason="the bundled ioi-demo model is not trained yet",
-    ),
 ]
 
 
@@ -57,6 +55,15 @@ def page(served: Served):
         browser.close()
 
 
+def table_rows(page) -> list[str]:
+    return page.locator("#tt-table [role=row]").all_inner_texts()[1:]  # the first: headers
+
+
+def test_before_a_run_the_table_shows_its_real_headers(page) -> None:
+    headers = page.locator("#tt-table [role=columnheader]").all_inner_texts()
+    assert "attribution" in " ".join(headers) and "1" not in [h.strip() for h in headers]
+
+
 def test_an_example_runs_and_every_panel_appears(page) -> None:
     example = demo_examples()[0]
     page.locator("#tt-examples").get_by_text(f"{example['name']} · ioi-demo").click()
@@ -68,7 +75,8 @@ def test_an_example_runs_and_every_panel_appears(page) -> None:
     assert tokens.count() >= len(example["text"].split(" "))
     target = page.locator("#tt-tokens .tt-target .tt-text").inner_text()
     assert target.strip() == example["answer"].strip()
-    assert "logit(" in page.inner_text("#tt-summary")
+    summary = page.inner_text("#tt-summary")
+    assert "logit(" in summary and f"scores '{example['answer']}'" in summary
 
     # The table and the charts.
     page.locator("#tt-table [role=gridcell]").first.wait_for()
@@ -91,9 +99,34 @@ def test_an_example_runs_and_every_panel_appears(page) -> None:
     page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
 
 
-def test_a_bad_prompt_shows_an_error_in_the_page(page) -> None:
+def test_a_pasted_search_filters_without_a_key_press(page) -> None:
+    page.locator("#tt-table [role=gridcell]").first.wait_for()
+    assert not all("Sara" in row for row in table_rows(page))
+    page.fill("#tt-search textarea, #tt-search input", "Sara")  # no key press: a paste
+    page.wait_for_function(
+        "() => { const rows = [...document.querySelectorAll('#tt-table [role=row]')].slice(1);"
+        " return rows.length > 0 && rows.every(row => row.innerText.includes('Sara')); }"
+    )
+    page.fill("#tt-search textarea, #tt-search input", "")
+
+
+def test_a_bad_prompt_shows_an_error_and_clears_the_old_results(page) -> None:
+    page.locator("#tt-table [role=gridcell]").first.wait_for()
     page.fill("#tt-prompt textarea", "   ")
     page.click("#tt-run")
     toast = page.get_by_text("The prompt is empty")
     toast.first.wait_for()
     assert toast.first.is_visible()
+    page.wait_for_selector("#tt-summary .tt-stale")
+    assert page.locator("#tt-tokens .tt-tok").count() == 0
+    assert page.locator("#tt-table [role=gridcell]").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "app-after-error.png"), full_page=True)
+
+
+def test_unknown_words_show_a_warning_in_the_page(page) -> None:
+    example = demo_examples()[0]
+    page.fill("#tt-prompt textarea", example["text"].replace(" museum", " Zorblax"))
+    page.fill("#tt-answer textarea, #tt-answer input", example["answer"])
+    page.click("#tt-run")
+    page.wait_for_selector("#tt-summary .tt-warning")
+    assert "'Zorblax'" in page.inner_text("#tt-summary .tt-warning")

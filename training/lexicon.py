@@ -8,6 +8,10 @@ person; `corpus.vocabulary` asserts this.
 
 from __future__ import annotations
 
+# The lists stay packed, many entries to a line: one per line would make this file five times
+# as long and no easier to read.
+# fmt: off
+
 # A few hundred of the most common English first names (US Social Security lists, recent decades).
 NAMES: tuple[str, ...] = (
     # male

@@ -1,0 +1,73 @@
+"""The app's request rules and API signatures, without a server or a model."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from tests.helpers import ROOT
+from token_trace.app.api import endpoint, parameter
+from token_trace.app.requests import (
+    PRESETS,
+    REQUEST_FIELDS,
+    RequestFields,
+    load_examples,
+    make_settings,
+)
+
+TEXT = "When Mary and John went to the store, John gave a drink to"
+
+
+def test_ig_steps_are_checked_only_for_ig():
+    atp = make_settings(RequestFields(TEXT, model="ioi-demo", ig_steps=0))
+    assert atp.method == "atp" and atp.ig_steps == 10
+    assert (
+        make_settings(RequestFields(TEXT, model="ioi-demo", method="ig", ig_steps=3)).ig_steps == 3
+    )
+    with pytest.raises(ValueError, match="between 1 and 64"):
+        make_settings(RequestFields(TEXT, model="ioi-demo", method="ig", ig_steps=0))
+
+
+def test_presets_are_registry_data():
+    assert [preset.model for preset in PRESETS] == [
+        "gpt2-small",
+        "gpt2-small",
+        "pythia-70m-deduped",
+        "ioi-demo",
+    ]
+    settings = make_settings(RequestFields(TEXT, release="ioi-demo"))
+    assert settings.model == "ioi-demo" and len(settings.sae_ids) == 4
+    with pytest.raises(ValueError, match="belongs to model"):
+        make_settings(RequestFields(TEXT, model="gpt2-small", release="ioi-demo"))
+
+
+def test_offline_examples_are_the_bundled_models_only():
+    offline = load_examples(ROOT / "examples", offline=True)
+    online = load_examples(ROOT / "examples", offline=False)
+    assert offline and {example.release for example in offline} == {"ioi-demo"}
+    assert online[0].release == PRESETS[0].release and len(online) > len(offline)
+
+
+def test_endpoint_signature_is_the_request_fields_plus_extras():
+    seen = {}
+
+    def handler(request: RequestFields, top_k: float) -> list[dict]:
+        seen.update(request=request, top_k=top_k)
+        return []
+
+    fn = endpoint(
+        handler,
+        name="attribute",
+        doc="nodes",
+        returns=list[dict],
+        defaults={"model": "ioi-demo"},
+        extra=[parameter("top_k", float, 0)],
+    )
+    signature = inspect.signature(fn)
+    assert list(signature.parameters) == [*REQUEST_FIELDS, "top_k"]
+    assert signature.parameters["text"].default is inspect.Parameter.empty
+    assert signature.parameters["model"].default == "ioi-demo"
+    assert fn.__annotations__["ig_steps"] is float
+    fn(TEXT, top_k=5)
+    assert seen == {"request": RequestFields(TEXT, model="ioi-demo"), "top_k": 5}

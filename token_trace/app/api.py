@@ -1,0 +1,71 @@
+"""The app's named API endpoints, their parameters declared once (`RequestFields`).
+
+Gradio's `gr.api` reads an endpoint's parameters from its function's signature and type hints.
+`endpoint` writes that signature from `RequestFields` (plus an endpoint's own extras), so
+`/attribute`, `/summary` and any later endpoint take exactly the fields the page sends, with the
+same names, types and defaults, and a change to the request is made in one place.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, Field, fields
+from typing import Any
+
+from token_trace.app.requests import RequestFields
+
+_HINTS = typing.get_type_hints(RequestFields)
+
+
+def endpoint(
+    handler: Callable[..., Any],
+    *,
+    name: str,
+    doc: str,
+    returns: object,
+    defaults: Mapping[str, object] | None = None,
+    extra: Sequence[inspect.Parameter] = (),
+) -> Callable[..., Any]:
+    """A function `name(text, model, ..., *extra)` that calls `handler(RequestFields, **extra)`.
+
+    `defaults` overrides field defaults for this deployment (e.g. the offline model).
+    """
+    defaults = dict(defaults or {})
+    parameters = [
+        inspect.Parameter(
+            field.name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=defaults.get(field.name, _default(field)),
+            annotation=_HINTS[field.name],
+        )
+        for field in fields(RequestFields)
+    ]
+    parameters += list(extra)
+    signature = inspect.Signature(parameters, return_annotation=returns)
+    request_names = [field.name for field in fields(RequestFields)]
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        request = RequestFields(**{key: values.pop(key) for key in request_names})
+        return handler(request, **values)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = doc
+    call.__signature__ = signature  # type: ignore[attr-defined]
+    call.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": returns}
+    return call
+
+
+def _default(field: Field) -> object:
+    return inspect.Parameter.empty if field.default is MISSING else field.default
+
+
+def parameter(name: str, annotation: object, default: object) -> inspect.Parameter:
+    """An endpoint's own parameter beside the request fields."""
+    return inspect.Parameter(
+        name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation
+    )

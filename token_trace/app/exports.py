@@ -1,0 +1,71 @@
+"""What leaves the app as data: JSON records for the API, and files for the download buttons."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from token_trace.app.requests import Settings
+from token_trace.records import Trace
+
+
+def records(df: pd.DataFrame) -> list[dict[str, object]]:
+    """A node table as JSON-ready records with the library's column names, values exact.
+
+    Column-wise `tolist()` turns float32 into Python floats without rounding (unlike `to_json`)
+    and categoricals into their strings; missing values (no Neuronpedia page) become None.
+    """
+    columns = {
+        name: df[name].astype(object).where(df[name].notna(), None).tolist() for name in df.columns
+    }
+    return [dict(zip(columns, row)) for row in zip(*columns.values())]
+
+
+def summary(result: Trace) -> dict[str, object]:
+    """The run's metadata for `/summary`: the flat `df.attrs` keys the API has always returned,
+    the node count, and the per-token totals used for colouring."""
+    return {
+        **result.attrs(),
+        "n_nodes": len(result.nodes),
+        "position_totals": result.position_totals()["attribution"].astype(float).tolist(),
+    }
+
+
+def write_exports(settings: Settings, result: Trace, directory: Path) -> dict[str, Path]:
+    """The node table as CSV and Parquet, the whole trace (Parquet, `Trace.load` reads it), and
+    the settings + library call as JSON.
+
+    Files go to `directory/<settings key>/` and are written once per request (results are
+    deterministic), each through a temporary file so a concurrent reader never sees half a file.
+    """
+    folder = directory / settings.key()
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "settings": asdict(settings),
+        "library_call": {k: v for k, v in settings.library_kwargs().items() if v is not None},
+        "run": result.metadata(),
+    }
+    writers = {
+        "csv": ("token-trace-nodes.csv", lambda path: result.nodes.to_csv(path, index=False)),
+        "parquet": (
+            "token-trace-nodes.parquet",
+            lambda path: result.nodes.to_parquet(path, index=False),
+        ),
+        "trace": ("token-trace.trace.parquet", result.save),
+        "json": (
+            "token-trace-settings.json",
+            lambda path: path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n"),
+        ),
+    }
+    paths = {}
+    for kind, (name, write) in writers.items():
+        paths[kind] = folder / name
+        if not paths[kind].exists():
+            partial = folder / f".{name}.{threading.get_ident()}.tmp"
+            write(partial)
+            partial.replace(paths[kind])
+    return paths

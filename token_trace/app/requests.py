@@ -1,0 +1,269 @@
+"""What a request to the app means: the models it offers, the fields a request has, their checks.
+
+Free of Gradio, so every rule the app applies to a request is tested without a server. A request
+arrives as `RequestFields` (exactly what the form and the API send: strings and numbers, empty for
+"not given") and is turned by `make_settings` into `Settings`, the normalised, hashable request that
+maps one to one onto a `token_trace.trace` call (and is the result cache's key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from token_trace import loading
+
+#: Environment variable: the most prompt tokens one request may have on this deployment.
+MAX_TOKENS_ENV = "TOKEN_TRACE_MAX_TOKENS"
+DEFAULT_MAX_TOKENS = 256
+METHOD_LABELS = {"atp": "Attribution patching (AtP)", "ig": "Integrated gradients (IG)"}
+MAX_IG_STEPS = 64
+DEFAULT_IG_STEPS = 10
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One model + SAE release the app offers (the model is read from the release registry)."""
+
+    release: str
+    description: str
+    examples_file: str | None = None  # prompts written for this preset, in `examples/`
+
+    @property
+    def model(self) -> str:
+        return loading.release_model(self.release)
+
+    @property
+    def label(self) -> str:
+        name = self.release if self.model == self.release else f"{self.model} · {self.release}"
+        return f"{name} — {self.description}"
+
+
+#: Small enough to run on a CPU Space or a ZeroGPU slice; residual-stream SAEs of the standard
+#: (ReLU, linear decoder) kind the engine needs. The first one is the default when online.
+PRESETS: tuple[Preset, ...] = (
+    Preset(
+        "gpt2-small-res-jb",
+        "residual stream, 13 SAEs × 24,576 features (Bloom)",
+        "gpt2_prompts.json",
+    ),
+    Preset("gpt2-small-res_sll-ajt", "residual stream, layers 2/6/10, end-to-end SAEs (Apollo)"),
+    Preset("pythia-70m-deduped-res-sm", "residual stream, 7 SAEs × 32,768 features (Marks)"),
+    Preset(
+        loading.BUNDLED_MODEL,
+        "bundled IOI transformer and SAEs, works offline",
+        "demo_prompts.json",
+    ),
+)
+PRESETS_BY_RELEASE = {preset.release: preset for preset in PRESETS}
+
+
+def default_release(offline: bool) -> str:
+    """The preset selected when the page opens: the bundled model when the hub is out of reach."""
+    return loading.BUNDLED_MODEL if offline else PRESETS[0].release
+
+
+def default_model(offline: bool) -> str:
+    return PRESETS_BY_RELEASE[default_release(offline)].model
+
+
+def max_tokens_from_env() -> int:
+    """The per-deployment prompt cap, from `TOKEN_TRACE_MAX_TOKENS` (256 when unset)."""
+    raw = os.environ.get(MAX_TOKENS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_TOKENS
+    if not raw.isdigit() or int(raw) < 2:
+        raise ValueError(f"{MAX_TOKENS_ENV} must be an integer of at least 2, got {raw!r}.")
+    return int(raw)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class RequestFields:
+    """A request as the page and the API send it; the one declaration of the API's parameters.
+
+    Empty strings mean "not given". `layers` is a comma-separated list of SAE ids (empty: all).
+    """
+
+    text: str
+    model: str = ""
+    release: str = ""
+    layers: str = ""
+    answer: str = ""
+    contrast: str = ""
+    method: str = "atp"
+    ig_steps: float = DEFAULT_IG_STEPS
+    counterfactual: str = ""
+
+
+REQUEST_FIELDS = tuple(f.name for f in fields(RequestFields))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One attribution request, normalised: equal settings give equal results (the cache key)."""
+
+    text: str
+    model: str
+    release: str
+    sae_ids: tuple[str, ...]
+    answer: str | None = None
+    contrast: str | None = None
+    method: str = "atp"
+    ig_steps: int = DEFAULT_IG_STEPS
+    counterfactual: str | None = None
+
+    def library_kwargs(self) -> dict[str, object]:
+        """The `token_trace.trace` arguments that reproduce this request exactly."""
+        return {
+            "text": self.text,
+            "model": self.model,
+            "saes": [(self.release, sae_id) for sae_id in self.sae_ids],
+            "answer": self.answer,
+            "contrast": self.contrast,
+            "method": self.method,
+            "ig_steps": self.ig_steps,
+            "baseline_text": self.counterfactual,
+        }
+
+    def key(self) -> str:
+        """A short stable id (file names of exports)."""
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _optional(value: str | None) -> str | None:
+    """Empty fields mean "not given"; anything else is kept verbatim (spaces matter to tokens)."""
+    return value if value else None
+
+
+def _optional_prompt(value: str | None) -> str | None:
+    return value if value and value.strip() else None
+
+
+def parse_layers(layers: str | Sequence[str] | None, release: str) -> tuple[str, ...]:
+    """SAE ids of `release` to use, in the release's order: all of them for None or ""/[].
+
+    Accepts a list (the UI's checkboxes) or a comma-separated string (the API).
+    """
+    known = loading.release_sae_ids(release)
+    if layers is None or (isinstance(layers, str) and not layers.strip()):
+        return tuple(known)
+    wanted = [part.strip() for part in layers.split(",")] if isinstance(layers, str) else layers
+    wanted = [part for part in wanted if part]
+    if not wanted:
+        raise ValueError("Choose at least one layer (SAE) to attribute to.")
+    unknown = [part for part in wanted if part not in known]
+    if unknown:
+        raise ValueError(
+            f"Release {release!r} has no SAE {', '.join(map(repr, unknown))}; "
+            f"its SAEs are: {', '.join(known)}."
+        )
+    return tuple(sae_id for sae_id in known if sae_id in wanted)
+
+
+def _preset(model: str, release: str) -> Preset:
+    """The preset a request names: `release` picks its model, `model` alone its first preset."""
+    if release:
+        if release not in PRESETS_BY_RELEASE:
+            raise ValueError(
+                f"This app offers the SAE releases {', '.join(PRESETS_BY_RELEASE)}; "
+                f"not {release!r}."
+            )
+        preset = PRESETS_BY_RELEASE[release]
+        if model and model != preset.model:
+            raise ValueError(
+                f"Release {release!r} belongs to model {preset.model!r}, not {model!r}."
+            )
+        return preset
+    matching = [preset for preset in PRESETS if preset.model == model]
+    if not matching:
+        models = sorted({preset.model for preset in PRESETS})
+        raise ValueError(f"This app offers the models {', '.join(models)}; not {model!r}.")
+    return matching[0]
+
+
+def _ig_steps(method: str, ig_steps: float | None) -> int:
+    """Steps for IG, checked only for IG (AtP ignores the field)."""
+    if method != "ig":
+        return DEFAULT_IG_STEPS
+    steps = DEFAULT_IG_STEPS if ig_steps is None else ig_steps
+    if steps != int(steps) or not 1 <= steps <= MAX_IG_STEPS:
+        raise ValueError(
+            f"Integrated gradients needs a whole number of steps between 1 and {MAX_IG_STEPS}."
+        )
+    return int(steps)
+
+
+def make_settings(request: RequestFields, layers: str | Sequence[str] | None = None) -> Settings:
+    """Check a request's fields (not yet against the model's tokenizer) and normalise them.
+
+    `layers` (the page's checkboxes) overrides the request's comma-separated `layers` when given.
+    """
+    if not request.text or not request.text.strip():
+        raise ValueError("The prompt is empty: type some text to attribute.")
+    preset = _preset((request.model or "").strip(), (request.release or "").strip())
+    method = (request.method or "atp").strip().lower()
+    if method not in METHOD_LABELS:
+        raise ValueError(f"Unknown method {method!r}: use 'atp' or 'ig'.")
+    return Settings(
+        text=request.text,
+        model=preset.model,
+        release=preset.release,
+        sae_ids=parse_layers(request.layers if layers is None else layers, preset.release),
+        answer=_optional(request.answer),
+        contrast=_optional(request.contrast),
+        method=method,
+        ig_steps=_ig_steps(method, request.ig_steps),
+        counterfactual=_optional_prompt(request.counterfactual),
+    )
+
+
+# --------------------------------------------------------------------------- examples
+
+
+@dataclass(frozen=True)
+class Example:
+    """One ready-made prompt from `examples/*.json`, with the preset it was written for."""
+
+    name: str
+    text: str
+    release: str
+    answer: str | None = None
+    contrast: str | None = None
+    counterfactual: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} · {PRESETS_BY_RELEASE[self.release].model}"
+
+
+def load_examples(directory: Path, offline: bool) -> list[Example]:
+    """The examples whose model can run here (only the bundled model's when offline), the default
+    preset's first. Missing files are skipped."""
+    found = []
+    for preset in PRESETS:
+        path = directory / preset.examples_file if preset.examples_file else None
+        if path is None or not path.is_file():
+            continue
+        if offline and not loading.is_bundled(preset.model):
+            continue
+        for entry in json.loads(path.read_text()):
+            found.append(
+                Example(
+                    name=entry["name"],
+                    text=entry["text"],
+                    release=preset.release,
+                    answer=entry.get("answer"),
+                    contrast=entry.get("contrast"),
+                    counterfactual=entry.get("counterfactual"),
+                )
+            )
+    first = default_release(offline)
+    return sorted(found, key=lambda example: example.release != first)

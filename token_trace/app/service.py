@@ -1,0 +1,247 @@
+"""The app's service: load and cache, run on the GPU, and turn failures into messages.
+
+ZeroGPU: weights are loaded in the main process, outside the GPU handler (the default preset's at
+startup on a Space, others on first use), where ZeroGPU keeps them and hands them to each GPU
+worker; only the attribution itself runs under `@spaces.GPU`, which is a no-op anywhere else. The
+handler's argument (`Settings`) and result (`Trace`) are plain picklable records, as ZeroGPU's
+forked workers need.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import os
+import threading
+import time
+import urllib.request
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import spaces
+import torch
+from transformer_lens import HookedTransformer
+
+from token_trace import loading
+from token_trace.app.requests import MAX_TOKENS_ENV, PRESETS_BY_RELEASE, Settings
+from token_trace.pipeline import resolve, trace
+from token_trace.records import Trace
+
+logger = logging.getLogger("token_trace.app")
+HUB_URL = "https://huggingface.co"
+
+# --------------------------------------------------------------------------- the hub
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers within `timeout` seconds (False when HF_HUB_OFFLINE).
+
+    Asked once at startup so that an offline `python app.py` opens on the bundled model instead of
+    failing on its first request. The request runs in a daemon thread because a DNS lookup does not
+    honour urllib's timeout.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = os.environ.get("HF_ENDPOINT", HUB_URL)
+    answered = threading.Event()
+
+    def probe() -> None:
+        try:
+            request = urllib.request.Request(url, method="HEAD")
+            with urllib.request.urlopen(request, timeout=timeout):
+                answered.set()
+        except OSError:
+            pass
+
+    threading.Thread(target=probe, daemon=True).start()
+    return answered.wait(timeout)
+
+
+def go_offline() -> None:
+    """Make every later hub access fail at once (or use the local cache) instead of retrying.
+
+    huggingface_hub reads HF_HUB_OFFLINE at import time, which is before the app can probe the
+    hub, so the flag is also set on its constants; without it a model that is not cached takes
+    about 30 s of retries to fail.
+    """
+    import huggingface_hub.constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _load(model: str, release: str, sae_ids: Sequence[str]) -> HookedTransformer:
+    """The model, with the SAEs loaded too (the library caches both and loads each only once)."""
+    return resolve(model, [(release, sae_id) for sae_id in sae_ids], None)[0]
+
+
+def preload(release: str) -> None:
+    """Load a preset's model and all its SAEs now (at a Space's startup, before any request)."""
+    _load(PRESETS_BY_RELEASE[release].model, release, loading.release_sae_ids(release))
+
+
+def load_and_check(settings: Settings, max_tokens: int) -> None:
+    """Load (or find cached) the request's model and SAEs, and apply the deployment's token cap.
+
+    Runs in the main process, outside the GPU handler, on purpose: on ZeroGPU, weights loaded
+    there are handed to every GPU worker, while weights loaded inside a worker would be loaded
+    again for each request. The rest of the prompt is checked by the library during the run.
+    """
+    model = _load(settings.model, settings.release, settings.sae_ids)
+    if model.tokenizer is None:
+        return
+    # The tokenizer itself, not `model.to_tokens`: that one changes the model's BOS default while it
+    # runs and would put the tokens on the model's device, which ZeroGPU's main process lacks.
+    n_tokens = len(model.tokenizer(settings.text)["input_ids"])
+    if n_tokens > max_tokens:
+        raise ValueError(
+            f"The prompt is {n_tokens} tokens; this deployment attributes at most {max_tokens} "
+            f"({MAX_TOKENS_ENV}). Shorten it."
+        )
+
+
+def gpu_seconds(settings: Settings) -> int:
+    """A ZeroGPU reservation for the request: short ones get scheduled sooner.
+
+    AtP is one forward and backward pass; IG runs `ig_steps` batched passes per SAE layer.
+    """
+    passes = 2 if settings.method == "atp" else 2 + settings.ig_steps * len(settings.sae_ids) // 4
+    return int(min(120, 20 + 2 * passes))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def user_message(error: BaseException) -> str | None:
+    """The message to show for an error a user can act on, or None for a bug.
+
+    The library raises ValueError for bad input and LoadError when weights cannot be fetched; both
+    messages are written for users. Out-of-memory errors get advice instead of a CUDA trace.
+    """
+    if is_out_of_memory(error):
+        return (
+            "Out of memory while attributing this prompt. Choose fewer layers, a shorter prompt, "
+            "or attribution patching instead of integrated gradients."
+        )
+    if isinstance(error, (ValueError, loading.LoadError)):
+        return str(error)
+    return None
+
+
+def release_memory() -> None:
+    """After an out-of-memory error, hand cached CUDA blocks back so the next request can run."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Show every error as a `gr.Error` (in the page and to API clients) and keep serving.
+
+    Applied inside the GPU handler too: ZeroGPU forwards only `gr.Error` messages from its worker.
+    Messages are escaped because Gradio renders them as HTML, and they may quote the prompt.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as error:
+            message = user_message(error)
+            if is_out_of_memory(error):
+                release_memory()
+            expected = message is not None
+            if not expected:
+                logger.exception("token-trace request failed")
+                message = f"token-trace failed unexpectedly ({type(error).__name__}: {error})."
+            raise gr.Error(
+                html.escape(message, quote=False), print_exception=not expected
+            ) from error
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- running
+
+
+@spaces.GPU(duration=gpu_seconds)
+@user_errors
+def trace_on_gpu(settings: Settings) -> Trace:
+    """The one step that needs the accelerator: the library's attribution run (which holds the
+    model's lock while it tokenises and runs, so concurrent requests never mix)."""
+    return trace(**settings.library_kwargs())
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished request: its settings, the library's trace, and the compute time."""
+
+    settings: Settings
+    trace: Trace
+    seconds: float
+
+
+class ResultCache:
+    """Finished runs per request (LRU), shared by all sessions and threads.
+
+    Traces are never modified after they are stored: views filter copies of their tables.
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self._size = size
+        self._items: OrderedDict[Settings, Run] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, settings: Settings) -> Run | None:
+        with self._lock:
+            run = self._items.get(settings)
+            if run is not None:
+                self._items.move_to_end(settings)
+            return run
+
+    def put(self, run: Run) -> None:
+        with self._lock:
+            self._items[run.settings] = run
+            self._items.move_to_end(run.settings)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+class Service:
+    """Runs requests for one deployment: its token cap, its result cache."""
+
+    def __init__(self, max_tokens: int, cache: ResultCache | None = None) -> None:
+        self.max_tokens = max_tokens
+        self.cache = cache or ResultCache()
+
+    def obtain(self, settings: Settings, progress: Callable[..., Any] | None = None) -> Run:
+        """The run for `settings`: from the cache, or loaded, checked and computed now."""
+        report = progress or (lambda *args, **kwargs: None)
+        run = self.cache.get(settings)
+        if run is None:
+            report(0.05, desc=f"Loading {settings.model} and its SAEs")
+            load_and_check(settings, self.max_tokens)
+            report(0.35, desc=f"Attributing over {len(settings.sae_ids)} SAEs")
+            start = time.perf_counter()
+            result = trace_on_gpu(settings)
+            run = Run(settings, result, time.perf_counter() - start)
+            self.cache.put(run)
+        report(0.9, desc="Drawing")
+        return run
