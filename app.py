@@ -234,31 +234,20 @@ def build(page: Page) -> gr.Blocks:
 def api(page: Page) -> None:
     """`/attribute` and `/summary`: the request's fields as plain parameters, JSON out."""
     defaults = {"model": default_model(page.offline)}
-    gr.api(
-        user_errors(
-            endpoint(
-                page.attribute,
-                name="attribute",
-                doc=page.attribute.__doc__ or "",
-                returns=list[dict],
-                defaults=defaults,
-                extra=[parameter("top_k", float, 0)],
-            )
-        ),
-        api_name="attribute",
-    )
-    gr.api(
-        user_errors(
-            endpoint(
-                page.summary,
-                name="summary",
-                doc=page.summary.__doc__ or "",
-                returns=dict,
-                defaults=defaults,
-            )
-        ),
-        api_name="summary",
-    )
+    endpoints = {
+        "attribute": (page.attribute, list[dict], [parameter("top_k", float, 0)]),
+        "summary": (page.summary, dict, []),
+    }
+    for name, (handler, returns, extra) in endpoints.items():
+        fn = endpoint(
+            handler,
+            name=name,
+            doc=handler.__doc__ or "",
+            returns=returns,
+            defaults=defaults,
+            extra=extra,
+        )
+        gr.api(user_errors(fn), api_name=name)
 
 
 def create_app(offline: bool | None = None, max_tokens: int | None = None) -> gr.Blocks:

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -22,17 +21,10 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from transformer_lens import HookedTransformer
 
-from tests.helpers import CAP, ROOT, Served, demo_examples, free_port, start_app
+from tests.helpers import CAP, ROOT, Served, demo_examples, free_port
 from token_trace import compute_node_attribution, load_model
 from token_trace.app import exports, service
 from token_trace.loading import release_sae_ids
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
-    running = start_app()
-    yield running
-    running.demo.close()
 
 
 @pytest.fixture(scope="module")

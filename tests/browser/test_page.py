@@ -7,12 +7,11 @@ Saves full-page screenshots in `test-artifacts/` for a person to look at.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ARTIFACTS, Served, demo_examples, start_app
+from tests.helpers import ARTIFACTS, Served, demo_examples
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -24,13 +23,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
 ]
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
-    running = start_app()
-    yield running
-    running.demo.close()
 
 
 @pytest.fixture(scope="module")
