@@ -113,11 +113,14 @@ def build(page: Page) -> gr.Blocks:
             gr.Markdown(render.GUIDE)
         with gr.Row(equal_height=False):
             with gr.Column(scale=4):
-                summary = gr.HTML(elem_id="tt-summary")
+                summary = gr.HTML(render.WAITING, elem_id="tt-summary")
                 tokens = gr.HTML(elem_id="tt-tokens")
             with gr.Column(scale=1, min_width=240):
                 predictions = gr.Label(
-                    label="Top next-token predictions", num_top_classes=6, elem_id="tt-predictions"
+                    label="Top next-token predictions",
+                    num_top_classes=6,
+                    elem_id="tt-predictions",
+                    visible=False,  # until there are predictions to show
                 )
 
         with gr.Row(equal_height=False):
@@ -165,7 +168,12 @@ def build(page: Page) -> gr.Blocks:
         }  # fmt: skip
 
         def to_components(values: dict[str, Any]) -> dict[gr.components.Component, Any]:
-            return {named[name]: value for name, value in values.items()}
+            out = {named[name]: value for name, value in values.items()}
+            if "predictions" in values:  # shown only with a run's predictions
+                out[predictions] = gr.Label(
+                    values["predictions"], visible=bool(values["predictions"])
+                )
+            return out
 
         outputs = [named[name] for name in OUTPUTS]
         filters = [features_only, hide_bos, query]

@@ -51,9 +51,11 @@ def table_rows(page) -> list[str]:
     return page.locator("#tt-table [role=row]").all_inner_texts()[1:]  # the first: headers
 
 
-def test_before_a_run_the_table_shows_its_real_headers(page) -> None:
+def test_before_a_run_the_page_says_what_to_do(page) -> None:
     headers = page.locator("#tt-table [role=columnheader]").all_inner_texts()
     assert "attribution" in " ".join(headers) and "1" not in [h.strip() for h in headers]
+    assert "press Trace" in page.inner_text("#tt-summary")
+    assert not page.locator("#tt-predictions").is_visible()  # no empty panel floating
 
 
 def test_an_example_runs_and_every_panel_appears(page) -> None:
@@ -62,6 +64,7 @@ def test_an_example_runs_and_every_panel_appears(page) -> None:
 
     # Highlighted tokens: one box per prompt token plus the target, the target marked.
     page.wait_for_selector("#tt-tokens .tt-target")
+    assert page.locator("#tt-predictions").is_visible()
     assert page.input_value("#tt-prompt textarea") == example["text"]
     tokens = page.locator("#tt-tokens .tt-tok:not(.tt-target)")
     assert tokens.count() >= len(example["text"].split(" "))
@@ -112,6 +115,7 @@ def test_a_bad_prompt_shows_an_error_and_clears_the_old_results(page) -> None:
     page.wait_for_selector("#tt-summary .tt-stale")
     assert page.locator("#tt-tokens .tt-tok").count() == 0
     assert page.locator("#tt-table [role=gridcell]").count() == 0
+    assert not page.locator("#tt-predictions").is_visible()
     page.screenshot(path=str(ARTIFACTS / "app-after-error.png"), full_page=True)
 
 

@@ -174,6 +174,12 @@ def summary_html(result: Trace, seconds: float | None) -> str:
     return f'<div class="tt-summary">{" · ".join(parts)}{warnings}</div>'
 
 
+WAITING = (
+    '<div class="tt-summary tt-muted">Type a prompt and press Trace, or click an example: the '
+    "metric, the tokens coloured by attribution and the model's predictions appear here.</div>"
+)
+
+
 def stale_summary_html() -> str:
     """The summary after a failed request: the previous results are cleared, not left standing."""
     return (
