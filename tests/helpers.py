@@ -106,6 +106,15 @@ def tiny_saes(model: HookedTransformer) -> dict[str, SAE]:
     }
 
 
+def downstream_contributions(sae, g, t_idx, j_idx, x_d):
+    """Each downstream node's contribution with the metric gradient `g` held fixed: features
+    `(d_j . g[t]) f_j`, then one error node per position `g[t] . e[t]`."""
+    f = sae.encode(x_d)
+    e = x_d - sae.decode(f)
+    coefficient = (sae.W_dec[j_idx] * g[t_idx]).sum(-1)
+    return torch.cat([coefficient * f[t_idx, j_idx], (g * e).sum(-1)])
+
+
 # --------------------------------------------------------------------------- the bundled model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,6 +19,9 @@ _PUBLIC = {
     "ablate": "token_trace.ablation",
     "ablation_effects": "token_trace.ablation",
     "nodes_in": "token_trace.ablation",
+    "Graph": "token_trace.graph",
+    "compute_graph": "token_trace.graph",
+    "graph_from_trace": "token_trace.graph",
     "LoadError": "token_trace.loading",
     "load_model": "token_trace.loading",
     "load_saes": "token_trace.loading",
@@ -41,6 +44,7 @@ _PUBLIC = {
 
 __all__ = [
     "COLUMNS",
+    "Graph",
     "LoadError",
     "MetricRecord",
     "Node",
@@ -51,8 +55,10 @@ __all__ = [
     "UnknownWordsWarning",
     "ablate",
     "ablation_effects",
+    "compute_graph",
     "compute_node_attribution",
     "compute_node_attribution_batch",
+    "graph_from_trace",
     "layer_totals",
     "load_model",
     "load_saes",
@@ -80,6 +86,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from token_trace.ablation import Node, ablate, ablation_effects, nodes_in
+    from token_trace.graph import Graph, compute_graph, graph_from_trace
     from token_trace.loading import LoadError, load_model, load_saes
     from token_trace.nodes import COLUMNS, layer_totals, position_totals, top_nodes
     from token_trace.pipeline import (

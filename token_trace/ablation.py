@@ -16,9 +16,9 @@ import torch
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
-from token_trace import loading
 from token_trace.hooks import final_residual, logits_at
-from token_trace.metrics import Metric, rebuild
+from token_trace.metrics import Metric
+from token_trace.replay import model_and_saes, replay
 from token_trace.splice import spliced
 
 if TYPE_CHECKING:
@@ -124,30 +124,12 @@ def ablate(
     """The real effect `m(clean) - m(nodes at baseline)` of each node set, for a finished trace.
 
     Checks a trace's estimates against the thing they estimate: the prompt, metric and baseline
-    are taken from `result`; the model and SAEs are loaded by name (cached) unless given (they
-    must be, for SAEs the trace has no release for, and for custom metrics `ablation_effects`
-    must be called with the metric itself).
+    are taken from `result` (`token_trace.replay`); the model and SAEs are loaded by name (cached)
+    unless given. For custom metrics call `ablation_effects` with the metric itself.
     """
-    records = result.saes
-    if saes is None:
-        missing = [record.hook_name for record in records if record.release is None]
-        if missing:
-            raise ValueError(f"The trace has no release for the SAEs at {missing}; pass saes=.")
-        specs = [loading.SAESpec(record.release, record.sae_id) for record in records]
-        if model is None:
-            model = loading.load_model(result.model, device, release=specs[0].release)
-        saes = loading.load_saes(specs, device=str(model.cfg.device))
-    elif model is None:
-        model = loading.load_model(result.model, device)
-    tokens = torch.tensor([result.prompt.token_ids], device=model.cfg.device)
-    metric = rebuild(
-        result.metric.name,
-        result.metric.description,
-        result.metric.positions,
-        result.metric.token_ids,
-        tokens,
+    model, saes = model_and_saes(result, model, saes, device)
+    inputs = replay(result, model)
+    effects = ablation_effects(
+        model, saes, inputs.tokens, inputs.metric, node_sets, inputs.baseline_tokens
     )
-    baseline = result.baseline_token_ids
-    baseline_tokens = None if baseline is None else torch.tensor([baseline], device=tokens.device)
-    effects = ablation_effects(model, saes, tokens, metric, node_sets, baseline_tokens)
     return effects.cpu().numpy()

@@ -123,7 +123,7 @@ class Batch:
 
 
 @dataclass
-class _Pass:
+class CapturedPass:
     """Activations (and gradients) captured at the hooks during one run, `[batch, T, ...]`."""
 
     metric: torch.Tensor
@@ -133,7 +133,7 @@ class _Pass:
     last_logits: torch.Tensor
 
 
-def _run(
+def capture_pass(
     model: HookedTransformer,
     batch: Batch,
     tokens: torch.Tensor,
@@ -141,7 +141,7 @@ def _run(
     *,
     with_grads: bool,
     input_blocks: set[int] = frozenset(),
-) -> _Pass:
+) -> CapturedPass:
     """One forward (and, with grads, one backward) pass capturing every hook at once.
 
     `tokens` are the batch's own tokens or its counterfactual twin (same lengths).
@@ -174,7 +174,7 @@ def _run(
             found = torch.autograd.grad(values.sum(), inputs, allow_unused=True)
             for name, act, grad in zip(hook_names, inputs, found):
                 grads[name] = torch.zeros_like(act) if grad is None else grad
-    return _Pass(
+    return CapturedPass(
         values.detach(),
         {name: act.detach() for name, act in acts.items()},
         grads,
@@ -359,7 +359,7 @@ def attribute(
         raise ValueError("ig_steps must be at least 1.")
     hook_names = list(saes)
     layers = {block_index(name) for name in hook_names} - {None}
-    clean = _run(
+    clean = capture_pass(
         model,
         batch,
         batch.tokens,
@@ -369,7 +369,7 @@ def attribute(
     )
     baseline = None
     if baseline_tokens is not None:
-        baseline = _run(model, batch, baseline_tokens, hook_names, with_grads=False)
+        baseline = capture_pass(model, batch, baseline_tokens, hook_names, with_grads=False)
 
     valid = batch.valid()
     prompt_of, position_of = valid.nonzero(as_tuple=True)

@@ -44,6 +44,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--save", default=None, help="write the whole Trace (Trace.load reads it back)"
     )
+    parser.add_argument(
+        "--graph", default=None, help="write the pruned graph as Neuronpedia graph JSON (AtP only)"
+    )
+    parser.add_argument(
+        "--max-nodes", type=int, default=200, help="graph: nodes of largest |attribution| kept"
+    )
+    parser.add_argument("--node-threshold", type=float, default=0.8, help="graph: node pruning")
+    parser.add_argument("--edge-threshold", type=float, default=0.98, help="graph: edge pruning")
     return parser.parse_args(argv)
 
 
@@ -57,25 +65,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.top < 0:
         print("token-trace: --top must be 0 (all nodes) or more.", file=sys.stderr)
         return 2
+    if args.graph and (args.method != "atp" or args.loss):
+        print("token-trace: --graph needs --method atp and a token metric.", file=sys.stderr)
+        return 2
 
     import pandas as pd
 
+    from token_trace.graph import compute_graph
     from token_trace.loading import LoadError
     from token_trace.pipeline import trace
 
+    request = {
+        "answer": args.answer,
+        "contrast": args.contrast,
+        "baseline_text": args.baseline,
+        "device": args.device,
+    }
+    graph = None
     try:
-        result = trace(
-            args.text,
-            args.model,
-            args.saes,
-            answer=args.answer,
-            contrast=args.contrast,
-            metric="loss" if args.loss else None,
-            method=args.method,
-            ig_steps=args.ig_steps,
-            baseline_text=args.baseline,
-            device=args.device,
-        )
+        if args.graph:
+            graph = compute_graph(
+                args.text,
+                args.model,
+                args.saes,
+                max_nodes=args.max_nodes,
+                node_threshold=args.node_threshold,
+                edge_threshold=args.edge_threshold,
+                **request,
+            )
+            result = graph.trace
+        else:
+            result = trace(
+                args.text,
+                args.model,
+                args.saes,
+                metric="loss" if args.loss else None,
+                method=args.method,
+                ig_steps=args.ig_steps,
+                **request,
+            )
     except (ValueError, LoadError) as err:
         print(f"token-trace: {_for_the_shell(str(err))}", file=sys.stderr)
         return 2
@@ -92,6 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.nodes.to_parquet(args.parquet, index=False)
     if args.save:
         result.save(args.save)
+    if graph is not None:
+        graph.save_neuronpedia(args.graph)
+        print(
+            f"graph: {len(graph.nodes)} nodes, {len(graph.edges)} edges "
+            f"(of {len(graph.candidate_edges)} computed), error share {graph.error_share:.0%} "
+            f"-> {args.graph}"
+        )
     return 0
 
 

@@ -1,0 +1,543 @@
+"""Circuits: edges between SAE nodes, their influence on the metric, and a pruned token-flow graph.
+
+SAE hooks are ordered by residual depth (`blocks.L.hook_resid_pre` is L, `blocks.L.hook_resid_post`
+is L + 1). Each residual hook is a complete cut of the model, so edges between *consecutive* SAE
+hooks carry every path from the prompt to the metric. For consecutive hooks u -> d, with the clean
+run's metric gradient `g_d = dm/dx_d`:
+
+- a downstream feature j at position t seeds `v = (d_j . g_d[t]) * df_j/dx_d[t]` (the encoder's
+  local derivative, by autograd through `sae.encode`, so any SAE architecture is exact);
+- a downstream error node at t seeds `v = g_d[t]^T (I - dxhat/dx_d[t])`, `xhat = decode(encode(x))`;
+- the edge to an upstream node is `w(u -> d) = (d(v . x_d[t]) / dx_u) . delta_u`, with
+  `delta_u = (f_i - f_i') d_i` for a feature i at position s and `e_s - e_s'` for an error (primes:
+  the baseline, zero or the counterfactual prompt);
+- the last hook's nodes have an edge to the metric equal to their attribution.
+
+Because `sum_j d_j df_j/dx + de/dx = I`, a node's outgoing edges to every node of the next hook
+sum exactly to its attribution (attribution patching). Below the first SAE hook sit the prompt's
+token embeddings (the input of block 0), one node per position with `delta = x_emb - x_emb'`.
+
+The pull-back runs only the blocks between two hooks, only up to the last seed position, with one
+batched backward (`is_grads_batched`) for many seeds. Influence on the metric and pruning follow
+circuit-tracer's rule (row-normalised |weights|, influence summed over paths from the metric;
+keep the nodes, then the edges, that carry `node_threshold` / `edge_threshold` of it), applied to
+this layered graph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sae_lens import SAE
+from transformer_lens import HookedTransformer
+
+from token_trace.attribution import Batch, capture_pass
+from token_trace.hook_names import residual_depth
+from token_trace.hooks import model_lock
+from token_trace.nodes import COLUMNS
+from token_trace.pipeline import SAEArgument, resolve, trace
+from token_trace.prompts import TextOrTokens
+from token_trace.records import Trace
+from token_trace.replay import model_and_saes, replay
+
+#: Seeds (downstream nodes) per batched backward: bounds memory at `SEED_BATCH x T x d_model`.
+SEED_BATCH = 64
+NODE_TYPES = ["embedding", "feature", "error", "metric"]
+GRAPH_COLUMNS = ["node_id", *COLUMNS, "influence"]
+EDGE_COLUMNS = [
+    "source",
+    "target",
+    "weight",
+    "source_layer",
+    "target_layer",
+    "source_position",
+    "target_position",
+    "source_type",
+    "target_type",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """A trace's nodes and the edges between them, pruned by influence on the metric.
+
+    `nodes`: the node table's columns plus `node_id` (stable: `{layer}_{feature}_{position}`,
+    errors `{layer}_-1_{position}`, token embeddings `E_{token id}_{position}`, the metric
+    `{last layer + 1}_{token id}_{position}`) and `influence` (summed over all paths to the metric,
+    from row-normalised |weights|). Token nodes have `node_type` "embedding" and layer -1; the
+    metric node "metric" and the layer above the last SAE. `edges`: `source`, `target` (node ids),
+    `weight`, and the layers, positions and types of both ends.
+
+    `candidate_nodes` / `candidate_edges` hold everything computed before pruning (the
+    `max_nodes` nodes of largest |attribution|, all their edges); `prune` re-prunes from them
+    without another backward pass.
+    """
+
+    trace: Trace
+    nodes: pd.DataFrame
+    edges: pd.DataFrame
+    candidate_nodes: pd.DataFrame
+    candidate_edges: pd.DataFrame
+    max_nodes: int | None
+    node_threshold: float | None
+    edge_threshold: float | None
+
+    @property
+    def error_share(self) -> float:
+        """Share of the kept SAE nodes' influence carried by error nodes: how much of the flow
+        the SAEs leave unexplained."""
+        sae_nodes = self.nodes[self.nodes["node_type"].isin(["feature", "error"])]
+        total = float(sae_nodes["influence"].sum())
+        errors = float(sae_nodes.loc[sae_nodes["node_type"] == "error", "influence"].sum())
+        return errors / total if total > 0 else 0.0
+
+    def prune(self, node_threshold: float | None, edge_threshold: float | None) -> Graph:
+        """The same graph pruned at other thresholds (None keeps all); no recomputation."""
+        nodes, edges = _pruned(
+            self.candidate_nodes, self.candidate_edges, node_threshold, edge_threshold
+        )
+        return replace(
+            self,
+            nodes=nodes,
+            edges=edges,
+            node_threshold=node_threshold,
+            edge_threshold=edge_threshold,
+        )
+
+    def to_neuronpedia(self, slug: str | None = None) -> dict[str, Any]:
+        """Neuronpedia's attribution-graph JSON (`metadata`, `qParams`, `nodes`, `links`)."""
+        from token_trace.neuronpedia_graph import graph_json
+
+        return graph_json(self, slug)
+
+    def save_neuronpedia(self, path: str | os.PathLike[str], slug: str | None = None) -> Path:
+        """Write `to_neuronpedia()` as JSON, through a temporary name (never half a file)."""
+        path = Path(path)
+        slug = slug or re.sub(r"[^a-z0-9-]+", "-", path.stem.lower()).strip("-") or None
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(self.to_neuronpedia(slug), ensure_ascii=False))
+        partial.replace(path)
+        return path
+
+
+def compute_graph(
+    text: TextOrTokens,
+    model: str | HookedTransformer = "gpt2-small",
+    saes: SAEArgument = None,
+    *,
+    answer: str | int | None = None,
+    contrast: str | int | None = None,
+    metric: str | None = None,
+    baseline_text: TextOrTokens | None = None,
+    max_nodes: int | None = 200,
+    node_threshold: float | None = 0.8,
+    edge_threshold: float | None = 0.98,
+    device: str | None = None,
+    sae_dtype: str = "float32",
+) -> Graph:
+    """Attribute `text` (attribution patching) and compute the graph of its top nodes.
+
+    Arguments as `token_trace.trace`; `max_nodes` keeps the nodes of largest |attribution|
+    (features and errors; None keeps all) before any edge is computed, and the thresholds prune
+    by influence on the metric (None switches that pruning off).
+    """
+    result = trace(
+        text,
+        model,
+        saes,
+        answer=answer,
+        contrast=contrast,
+        metric=metric,
+        baseline_text=baseline_text,
+        device=device,
+        sae_dtype=sae_dtype,
+    )
+    model_obj, _, sae_dict, _ = resolve(model, saes, device, sae_dtype)  # cached by now
+    return graph_from_trace(
+        result,
+        model=model_obj,
+        saes=sae_dict,
+        max_nodes=max_nodes,
+        node_threshold=node_threshold,
+        edge_threshold=edge_threshold,
+    )
+
+
+def graph_from_trace(
+    result: Trace,
+    *,
+    model: HookedTransformer | None = None,
+    saes: Mapping[str, SAE] | None = None,
+    max_nodes: int | None = 200,
+    node_threshold: float | None = 0.8,
+    edge_threshold: float | None = 0.98,
+    device: str | None = None,
+) -> Graph:
+    """The graph of a finished attribution-patching trace (see the module docstring)."""
+    if result.method != "atp":
+        raise ValueError("Graphs are built from attribution-patching traces (method='atp').")
+    if max_nodes is not None and max_nodes < 1:
+        raise ValueError(f"max_nodes must be at least 1 (or None for all), got {max_nodes}.")
+    for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must lie between 0 and 1 (or be None), got {value}.")
+    model, saes = model_and_saes(result, model, saes, device)
+    layers = _ordered_hooks(result)
+    inputs = replay(result, model)
+    batch = Batch.of([inputs.tokens], [inputs.metric])
+    hook_names = [record.hook_name for record in layers]
+    clean = capture_pass(model, batch, batch.tokens, hook_names, with_grads=True, input_blocks={0})
+    base = None
+    if inputs.baseline_tokens is not None:
+        base = capture_pass(
+            model, batch, inputs.baseline_tokens, hook_names, with_grads=False, input_blocks={0}
+        )
+
+    candidates = _candidate_nodes(result, max_nodes)
+    groups = [candidates.index[candidates["hook_name"] == record.hook_name] for record in layers]
+    edges = []
+    # The layer below the first SAE: the token embeddings entering block 0.
+    upstream = _embedding_directions(clean, base)
+    upstream_ids = candidates.loc[candidates["node_type"] == "embedding", "node_id"].to_numpy()
+    upstream_pos = np.arange(len(upstream_ids))
+    upstream_act, upstream_depth = clean.block_inputs[0][0], 0
+    for record, rows in zip(layers, groups):
+        sae = saes[record.hook_name]
+        x = clean.acts[record.hook_name][0].flatten(1)
+        g = clean.grads[record.hook_name][0].flatten(1)
+        x_base = None if base is None else base.acts[record.hook_name][0].flatten(1)
+        nodes = candidates.loc[rows]
+        position = torch.as_tensor(nodes["position"].to_numpy(), device=x.device)
+        feature = torch.as_tensor(nodes["feature"].to_numpy(), device=x.device)
+        if len(nodes):
+            seeds = _seeds(sae, x, g, position, feature)
+            weights = _pull_back(
+                model,
+                upstream_act,
+                upstream_depth,
+                residual_depth(record.hook_name),
+                seeds,
+                position,
+                upstream,
+                torch.as_tensor(upstream_pos, device=x.device),
+            )
+            target, source = weights.nonzero(as_tuple=True)
+            edges.append(
+                pd.DataFrame(
+                    {
+                        "source": upstream_ids[source.cpu().numpy()],
+                        "target": nodes["node_id"].to_numpy()[target.cpu().numpy()],
+                        "weight": weights[target, source].cpu().numpy().astype(np.float64),
+                    }
+                )
+            )
+        upstream = _node_directions(sae, x, x_base, position, feature)
+        upstream_ids, upstream_pos = nodes["node_id"].to_numpy(), position.cpu().numpy()
+        upstream_act = clean.acts[record.hook_name][0]
+        upstream_depth = residual_depth(record.hook_name)
+    metric_id = candidates["node_id"].iloc[-1]
+    last = candidates.loc[groups[-1]]
+    edges.append(
+        pd.DataFrame(
+            {
+                "source": last["node_id"].to_numpy(),
+                "target": metric_id,
+                "weight": last["attribution"].to_numpy().astype(np.float64),
+            }
+        )
+    )
+    all_edges = _edge_table(pd.concat(edges, ignore_index=True), candidates)
+    candidates = candidates.assign(influence=_influence(candidates, all_edges))
+    nodes, kept_edges = _pruned(candidates, all_edges, node_threshold, edge_threshold)
+    return Graph(
+        trace=result,
+        nodes=nodes,
+        edges=kept_edges,
+        candidate_nodes=candidates,
+        candidate_edges=all_edges,
+        max_nodes=max_nodes,
+        node_threshold=node_threshold,
+        edge_threshold=edge_threshold,
+    )
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+def _ordered_hooks(result: Trace) -> list:
+    """The trace's SAE records by residual depth; graphs need residual hooks at distinct depths."""
+    for record in result.saes:
+        if not re.fullmatch(r"blocks\.\d+\.hook_resid_(pre|post)", record.hook_name):
+            raise ValueError(
+                f"Graphs need SAEs on the residual stream; {record.hook_name!r} is not a "
+                "blocks.L.hook_resid_pre/post hook (only those are complete cuts of the model)."
+            )
+    ordered = sorted(result.saes, key=lambda record: record.layer)
+    depths = [record.layer for record in ordered]
+    if len(set(depths)) != len(depths):
+        raise ValueError(f"Two SAEs read the same residual depth ({depths}); keep one per depth.")
+    return ordered
+
+
+def node_ids(layer: np.ndarray, feature: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """`{layer}_{feature}_{position}` (errors have feature -1), vectorised."""
+    return (
+        pd.Series(layer).astype(str)
+        + "_"
+        + pd.Series(feature).astype(str)
+        + "_"
+        + pd.Series(position).astype(str)
+    ).to_numpy(dtype=object)
+
+
+def _candidate_nodes(result: Trace, max_nodes: int | None) -> pd.DataFrame:
+    """SAE nodes of largest |attribution|, then one node per token, then the metric."""
+    table = result.nodes
+    chosen = table if max_nodes is None else result.top_nodes(max_nodes)
+    sae_nodes = chosen.sort_index().reset_index(drop=True)
+    sae_nodes = sae_nodes.assign(
+        node_id=node_ids(sae_nodes["layer"], sae_nodes["feature"], sae_nodes["position"])
+    )
+    tokens = result.prompt.tokens
+    ids = np.asarray(result.prompt.token_ids)
+    positions = np.arange(len(tokens))
+    embeddings = pd.DataFrame(
+        {
+            "node_id": [f"E_{token}_{p}" for token, p in zip(ids, positions)],
+            "layer": -1,
+            "position": positions,
+            "token": list(tokens),
+            "feature": -1,
+        }
+    )
+    last = len(tokens) - 1
+    target_id = result.metric.token_ids[0] if result.metric.token_ids else -1
+    top_layer = int(table["layer"].max()) + 1
+    metric = pd.DataFrame(
+        {
+            "node_id": [f"{top_layer}_{target_id}_{last}"],
+            "layer": top_layer,
+            "position": last,
+            "token": [result.prompt.target or result.metric.description],
+            "feature": target_id,
+            "attribution": result.metric.value,
+        }
+    )
+    out = pd.concat(
+        [
+            sae_nodes.assign(node_type=sae_nodes["node_type"].astype(str)),
+            embeddings.assign(node_type="embedding"),
+            metric.assign(node_type="metric"),
+        ],
+        ignore_index=True,
+    )
+    out["node_type"] = pd.Categorical(out["node_type"], categories=NODE_TYPES)
+    return out[[c for c in GRAPH_COLUMNS if c in out.columns]]
+
+
+def _embedding_directions(clean, base) -> torch.Tensor:
+    """Per position, the embedding minus its baseline (zero, or the counterfactual's)."""
+    emb = clean.block_inputs[0][0].flatten(1)
+    return emb if base is None else emb - base.block_inputs[0][0].flatten(1)
+
+
+@torch.no_grad()
+def _node_directions(
+    sae: SAE,
+    x: torch.Tensor,
+    x_base: torch.Tensor | None,
+    position: torch.Tensor,
+    feature: torch.Tensor,
+) -> torch.Tensor:
+    """Each node's `delta`: `(f_i - f_i') d_i` for a feature, `e_s - e_s'` for an error."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    decoder, b_dec = sae.W_dec.to(dtype), sae.b_dec.to(dtype)
+    f = sae.encode(x.to(sae.dtype)).to(dtype)
+    error = x.to(dtype) - (f @ decoder + b_dec)
+    if x_base is None:
+        f_base, base_error = torch.zeros_like(f), torch.zeros_like(error)
+    else:
+        f_base = sae.encode(x_base.to(sae.dtype)).to(dtype)
+        base_error = x_base.to(dtype) - (f_base @ decoder + b_dec)
+    is_feature = feature >= 0
+    index = feature.clamp_min(0)
+    scale = (f[position, index] - f_base[position, index]).unsqueeze(1)
+    return torch.where(
+        is_feature.unsqueeze(1),
+        scale * decoder[index],
+        error[position] - base_error[position],
+    )
+
+
+def _seeds(
+    sae: SAE, x: torch.Tensor, g: torch.Tensor, position: torch.Tensor, feature: torch.Tensor
+) -> torch.Tensor:
+    """Each downstream node's seed `v` at its own position (see the module docstring)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    rows = x[position].to(dtype).detach().requires_grad_(True)
+    grad_rows = g[position].to(dtype)
+    is_feature = feature >= 0
+    index = feature.clamp_min(0)
+    with torch.enable_grad():
+        codes = sae.encode(rows.to(sae.dtype))
+        chosen = codes.gather(1, index.unsqueeze(1)).squeeze(1)
+        (feature_jacobian,) = torch.autograd.grad(
+            chosen.where(is_feature, torch.zeros_like(chosen)).sum(), rows, retain_graph=True
+        )
+        reconstruction = sae.decode(codes).to(dtype)
+        (error_pull,) = torch.autograd.grad((reconstruction * grad_rows).sum(), rows)
+    coefficient = (sae.W_dec.to(dtype)[index] * grad_rows).sum(1, keepdim=True)
+    return torch.where(
+        is_feature.unsqueeze(1),
+        coefficient * feature_jacobian,
+        grad_rows - error_pull,
+    ).detach()
+
+
+def _pull_back(
+    model: HookedTransformer,
+    upstream_act: torch.Tensor,
+    start_depth: int,
+    end_depth: int,
+    seeds: torch.Tensor,
+    seed_position: torch.Tensor,
+    upstream_directions: torch.Tensor,
+    upstream_position: torch.Tensor,
+) -> torch.Tensor:
+    """`[seeds, upstream nodes]` edge weights: each seed pulled back through the blocks between
+    the two hooks (only up to the last seed position) and dotted with each upstream `delta`."""
+    length = int(seed_position.max()) + 1
+    x_in = upstream_act[:length].detach().unsqueeze(0).requires_grad_(True)
+    weights = []
+    with model_lock(model), torch.enable_grad():
+        out = x_in
+        for block in model.blocks[start_depth:end_depth]:
+            out = block(out)
+        for chunk in range(0, len(seeds), SEED_BATCH):
+            part = slice(chunk, chunk + SEED_BATCH)
+            grad_out = torch.zeros(
+                (len(seeds[part]), *out.shape), device=out.device, dtype=out.dtype
+            )
+            rows = torch.arange(len(seeds[part]), device=out.device)
+            grad_out[rows, 0, seed_position[part]] = seeds[part].to(out.dtype)
+            if out is x_in:  # no block between (the embedding under resid_pre 0): identity
+                pulled = grad_out
+            else:
+                (pulled,) = torch.autograd.grad(
+                    out, x_in, grad_outputs=grad_out, is_grads_batched=True, retain_graph=True
+                )
+            pulled = pulled[:, 0].to(upstream_directions.dtype)  # [seeds, length, d_model]
+            reachable = upstream_position < length
+            at = upstream_position.clamp_max(length - 1)
+            # weight[k, n] = pulled[k, at[n]] . delta[n], without a [seeds, nodes, d] tensor
+            products = torch.einsum("ktd,nd->ktn", pulled, upstream_directions)
+            weight = products[:, at, torch.arange(len(at), device=at.device)]
+            weights.append(weight * reachable)
+    return torch.cat(weights) if weights else seeds.new_zeros(0, len(upstream_position))
+
+
+# --------------------------------------------------------------------------- influence, pruning
+
+
+def _edge_table(edges: pd.DataFrame, nodes: pd.DataFrame) -> pd.DataFrame:
+    """Edges with the layers, positions and types of both ends."""
+    by_id = nodes.set_index("node_id")
+    out = edges.copy()
+    for end in ("source", "target"):
+        ends = by_id.loc[out[end]]
+        out[f"{end}_layer"] = ends["layer"].to_numpy()
+        out[f"{end}_position"] = ends["position"].to_numpy()
+        out[f"{end}_type"] = pd.Categorical(ends["node_type"].astype(str), categories=NODE_TYPES)
+    return out[EDGE_COLUMNS]
+
+
+def _matrix(nodes: pd.DataFrame, edges: pd.DataFrame) -> np.ndarray:
+    """Dense |weight| matrix `[target, source]` over the candidate nodes (at most max_nodes SAE
+    nodes, the tokens and the metric)."""
+    index = pd.Index(nodes["node_id"])
+    matrix = np.zeros((len(nodes), len(nodes)))
+    matrix[index.get_indexer(edges["target"]), index.get_indexer(edges["source"])] = np.abs(
+        edges["weight"].to_numpy()
+    )
+    return matrix
+
+
+def _normalised(matrix: np.ndarray) -> np.ndarray:
+    return matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1e-10)
+
+
+def _path_sums(normalised: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """`start @ (A + A^2 + ...)`: the graph is layered, so the series ends within its depth."""
+    total = np.zeros_like(start)
+    current = start @ normalised
+    for _ in range(len(start)):
+        if not current.any():
+            return total
+        total += current
+        current = current @ normalised
+    raise RuntimeError("The graph has a cycle: influence does not converge.")
+
+
+def _metric_weights(nodes: pd.DataFrame) -> np.ndarray:
+    return (nodes["node_type"] == "metric").to_numpy(dtype=float)
+
+
+def _influence(nodes: pd.DataFrame, edges: pd.DataFrame) -> np.ndarray:
+    """Each node's influence on the metric: summed over paths, row-normalised |weights|."""
+    return _path_sums(_normalised(_matrix(nodes, edges)), _metric_weights(nodes))
+
+
+def _cut(scores: np.ndarray, share: float) -> float:
+    """The smallest score among those that, largest first, carry `share` of the total."""
+    ordered = np.sort(scores[scores > 0])[::-1]
+    if not len(ordered):
+        return np.inf
+    cumulative = np.cumsum(ordered) / ordered.sum()
+    return float(ordered[min(int(np.searchsorted(cumulative, share)), len(ordered) - 1)])
+
+
+def _pruned(
+    nodes: pd.DataFrame,
+    edges: pd.DataFrame,
+    node_threshold: float | None,
+    edge_threshold: float | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Nodes, then edges, by influence; then drop SAE nodes left without outgoing edges and
+    features left without incoming ones, until nothing changes. Tokens and metric always stay."""
+    fixed = nodes["node_type"].isin(["embedding", "metric"]).to_numpy()
+    influence = nodes["influence"].to_numpy()
+    keep = np.ones(len(nodes), dtype=bool)
+    if node_threshold is not None:
+        keep = (influence >= _cut(influence, node_threshold)) | fixed
+    matrix = _matrix(nodes, edges)
+    matrix[~keep] = 0
+    matrix[:, ~keep] = 0
+    normalised = _normalised(matrix)
+    weights = _metric_weights(nodes)
+    scores = normalised * (_path_sums(normalised, weights) + weights)[:, None]
+    edge_keep = scores > 0
+    if edge_threshold is not None:
+        edge_keep &= scores >= _cut(scores.ravel(), edge_threshold)
+    is_feature = (nodes["node_type"] == "feature").to_numpy()
+    while True:
+        before = keep.copy()
+        edge_keep[~keep] = False
+        edge_keep[:, ~keep] = False
+        keep &= fixed | edge_keep.any(axis=0)  # every SAE node feeds something kept
+        keep &= ~is_feature | edge_keep.any(axis=1)  # every feature is fed by something kept
+        if (keep == before).all():
+            break
+    index = pd.Index(nodes["node_id"])
+    targets = index.get_indexer(edges["target"])
+    sources = index.get_indexer(edges["source"])
+    kept_edges = edges[edge_keep[targets, sources]].reset_index(drop=True)
+    return nodes[keep].reset_index(drop=True), kept_edges
