@@ -15,6 +15,8 @@ Rows, per prompt length (median of --repeats runs after a warm-up, and as a rati
 - token-trace atp / ig: `compute_node_attribution` end to end, to the DataFrame;
 - token-trace atp, batch of B: `compute_node_attribution_batch` on --batch prompts of that length
   in one call (times per prompt);
+- token-trace graph, N nodes: `compute_graph` with max_nodes=N, AtP included, to the pruned graph
+  (rows: the edges computed between the N nodes, the tokens and the metric);
 - naive: SAEs spliced into the forward pass, dense decoder products, one Python dict per node.
 
 Each row also gives the matrix-product FLOPs the case performs (counted on its warm-up run by
@@ -35,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +53,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from token_trace import compute_node_attribution, compute_node_attribution_batch
+from token_trace.graph import Graph, compute_graph
 from token_trace.hook_names import residual_hooks
 from token_trace.hooks import final_residual, logits_at
 from token_trace.metrics import token_logprob
@@ -399,6 +403,10 @@ def measure(
         cases[f"token-trace atp, {args.half_saes} SAEs"] = lambda: compute_node_attribution(
             tokens, model, half
         )
+    for max_nodes in args.graph_nodes:
+        cases[f"token-trace graph, {max_nodes} nodes"] = partial(
+            compute_graph, tokens, model, saes, max_nodes=max_nodes
+        )
     if not args.skip_naive:
         cases["naive reference"] = lambda: naive(model, saes, prompt, metric)
     measured: dict[str, Timing] = {}
@@ -412,7 +420,9 @@ def measure(
             n = len(result)
             timing = replace(timing, seconds=timing.seconds / n, flops=timing.flops // n)
             result = result[0]
-        if isinstance(result, pd.DataFrame):
+        if isinstance(result, Graph):
+            rows[name] = len(result.candidate_edges)
+        elif isinstance(result, pd.DataFrame):
             rows[name] = len(result)
         else:  # the floor returns its node count; the model's own passes have no rows
             rows[name] = result if isinstance(result, int) else None
@@ -427,6 +437,14 @@ def measure(
         print(f"  {length} tokens, {args.half_saes} SAEs against fp32: {error}", flush=True)
     ratio = paired_ratio(cases["token-trace atp"], cases["floor"], args.repeats, args.device)
     print(f"  {length} tokens, token-trace atp / floor, paired runs: {ratio:.2f}", flush=True)
+    atp_seconds = measured["token-trace atp"].seconds
+    for max_nodes in args.graph_nodes:
+        graph_seconds = measured[f"token-trace graph, {max_nodes} nodes"].seconds
+        print(
+            f"  {length} tokens, graph of {max_nodes} nodes / atp: "
+            f"{graph_seconds / atp_seconds:.2f}",
+            flush=True,
+        )
     table = pd.DataFrame(
         [
             {
@@ -459,6 +477,9 @@ def main() -> None:
         "--half-saes",
         choices=["bfloat16", "float16"],
         help="also time AtP with SAEs in this dtype, and print its error against fp32",
+    )
+    parser.add_argument(
+        "--graph-nodes", type=int, nargs="*", default=[200, 1000], help="max_nodes of graph rows"
     )
     parser.add_argument("--skip-ig", action="store_true")
     parser.add_argument("--skip-naive", action="store_true")

@@ -339,6 +339,17 @@ def _chunked_layer_nodes(
     return NodeTensors.concat(parts)
 
 
+@dataclass(frozen=True)
+class AttributionRun:
+    """One engine run: a result per prompt, and the passes it captured (activations and gradients
+    at every SAE hook, and the embedding entering block 0), for callers that go on from the same
+    run, such as graphs."""
+
+    results: list[Attribution]
+    clean: CapturedPass
+    baseline: CapturedPass | None
+
+
 def attribute(
     model: HookedTransformer,
     saes: Mapping[str, SAE],
@@ -347,7 +358,7 @@ def attribute(
     method: str = "atp",
     ig_steps: int = 10,
     baseline_tokens: torch.Tensor | None = None,
-) -> list[Attribution]:
+) -> AttributionRun:
     """Attribute each prompt's metric to every node of every SAE in `saes`, one result per prompt.
 
     All prompts share one forward and one backward pass (and, for IG, one batch per SAE layer);
@@ -365,11 +376,13 @@ def attribute(
         batch.tokens,
         hook_names,
         with_grads=True,
-        input_blocks=layers if method == "ig" else frozenset(),
+        input_blocks=(layers if method == "ig" else set()) | {0},
     )
     baseline = None
     if baseline_tokens is not None:
-        baseline = capture_pass(model, batch, baseline_tokens, hook_names, with_grads=False)
+        baseline = capture_pass(
+            model, batch, baseline_tokens, hook_names, with_grads=False, input_blocks={0}
+        )
 
     valid = batch.valid()
     prompt_of, position_of = valid.nonzero(as_tuple=True)
@@ -395,7 +408,7 @@ def attribute(
     nodes = NodeTensors.concat(parts)
     node_prompt = prompt_of[nodes.position]
     nodes = replace(nodes, position=position_of[nodes.position])
-    return [
+    results = [
         Attribution(
             hook_names=hook_names,
             nodes=nodes.select(node_prompt == row),
@@ -405,3 +418,4 @@ def attribute(
         )
         for row in range(len(batch.lengths))
     ]
+    return AttributionRun(results, clean, baseline)

@@ -40,11 +40,11 @@ import torch
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
-from token_trace.attribution import Batch, capture_pass
+from token_trace.attribution import AttributionRun, Batch, capture_pass
 from token_trace.hook_names import residual_depth
 from token_trace.hooks import model_lock
 from token_trace.nodes import COLUMNS
-from token_trace.pipeline import SAEArgument, resolve, trace
+from token_trace.pipeline import SAEArgument, resolve, traces_and_run
 from token_trace.prompts import TextOrTokens
 from token_trace.records import Trace
 from token_trace.replay import model_and_saes, replay
@@ -150,14 +150,14 @@ def compute_graph(
     (features and errors; None keeps all) before any edge is computed, and the thresholds prune
     by influence on the metric (None switches that pruning off).
     """
-    result = trace(
-        text,
+    (result,), run = traces_and_run(
+        [text],
         model,
         saes,
-        answer=answer,
-        contrast=contrast,
+        answers=None if answer is None else [answer],
+        contrasts=None if contrast is None else [contrast],
         metric=metric,
-        baseline_text=baseline_text,
+        baseline_texts=None if baseline_text is None else [baseline_text],
         device=device,
         sae_dtype=sae_dtype,
     )
@@ -169,6 +169,7 @@ def compute_graph(
         max_nodes=max_nodes,
         node_threshold=node_threshold,
         edge_threshold=edge_threshold,
+        run=run,
     )
 
 
@@ -181,8 +182,13 @@ def graph_from_trace(
     node_threshold: float | None = 0.8,
     edge_threshold: float | None = 0.98,
     device: str | None = None,
+    run: AttributionRun | None = None,
 ) -> Graph:
-    """The graph of a finished attribution-patching trace (see the module docstring)."""
+    """The graph of a finished attribution-patching trace (see the module docstring).
+
+    `run` is the engine run that made the trace, when the caller has it (`compute_graph`): its
+    captured activations and gradients are reused instead of running the model again.
+    """
     if result.method != "atp":
         raise ValueError("Graphs are built from attribution-patching traces (method='atp').")
     if max_nodes is not None and max_nodes < 1:
@@ -195,12 +201,17 @@ def graph_from_trace(
     inputs = replay(result, model)
     batch = Batch.of([inputs.tokens], [inputs.metric])
     hook_names = [record.hook_name for record in layers]
-    clean = capture_pass(model, batch, batch.tokens, hook_names, with_grads=True, input_blocks={0})
-    base = None
-    if inputs.baseline_tokens is not None:
-        base = capture_pass(
-            model, batch, inputs.baseline_tokens, hook_names, with_grads=False, input_blocks={0}
+    if run is not None:
+        clean, base = run.clean, run.baseline
+    else:
+        clean = capture_pass(
+            model, batch, batch.tokens, hook_names, with_grads=True, input_blocks={0}
         )
+        base = None
+        if inputs.baseline_tokens is not None:
+            base = capture_pass(
+                model, batch, inputs.baseline_tokens, hook_names, with_grads=False, input_blocks={0}
+            )
 
     candidates = _candidate_nodes(result, max_nodes)
     groups = [candidates.index[candidates["hook_name"] == record.hook_name] for record in layers]
@@ -216,8 +227,8 @@ def graph_from_trace(
         g = clean.grads[record.hook_name][0].flatten(1)
         x_base = None if base is None else base.acts[record.hook_name][0].flatten(1)
         nodes = candidates.loc[rows]
-        position = torch.as_tensor(nodes["position"].to_numpy(), device=x.device)
-        feature = torch.as_tensor(nodes["feature"].to_numpy(), device=x.device)
+        position = torch.as_tensor(nodes["position"].to_numpy(copy=True), device=x.device)
+        feature = torch.as_tensor(nodes["feature"].to_numpy(copy=True), device=x.device)
         if len(nodes):
             seeds = _seeds(sae, x, g, position, feature)
             weights = _pull_back(
@@ -240,7 +251,7 @@ def graph_from_trace(
                     }
                 )
             )
-        upstream = _node_directions(sae, x, x_base, position, feature)
+        upstream = _node_directions(sae, x, x_base, nodes)
         upstream_ids, upstream_pos = nodes["node_id"].to_numpy(), position.cpu().numpy()
         upstream_act = clean.acts[record.hook_name][0]
         upstream_depth = residual_depth(record.hook_name)
@@ -352,30 +363,29 @@ def _embedding_directions(clean, base) -> torch.Tensor:
 
 @torch.no_grad()
 def _node_directions(
-    sae: SAE,
-    x: torch.Tensor,
-    x_base: torch.Tensor | None,
-    position: torch.Tensor,
-    feature: torch.Tensor,
+    sae: SAE, x: torch.Tensor, x_base: torch.Tensor | None, nodes: pd.DataFrame
 ) -> torch.Tensor:
-    """Each node's `delta`: `(f_i - f_i') d_i` for a feature, `e_s - e_s'` for an error."""
+    """Each node's `delta`: `(f_i - f_i') d_i` for a feature (its values from the trace's table),
+    `e_s - e_s'` for an error (encoding only the rows of the error nodes' positions)."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     decoder, b_dec = sae.W_dec.to(dtype), sae.b_dec.to(dtype)
-    f = sae.encode(x.to(sae.dtype)).to(dtype)
-    error = x.to(dtype) - (f @ decoder + b_dec)
-    if x_base is None:
-        f_base, base_error = torch.zeros_like(f), torch.zeros_like(error)
-    else:
-        f_base = sae.encode(x_base.to(sae.dtype)).to(dtype)
-        base_error = x_base.to(dtype) - (f_base @ decoder + b_dec)
-    is_feature = feature >= 0
-    index = feature.clamp_min(0)
-    scale = (f[position, index] - f_base[position, index]).unsqueeze(1)
-    return torch.where(
-        is_feature.unsqueeze(1),
-        scale * decoder[index],
-        error[position] - base_error[position],
-    )
+    feature = torch.as_tensor(nodes["feature"].to_numpy(copy=True), device=x.device)
+    position = torch.as_tensor(nodes["position"].to_numpy(copy=True), device=x.device)
+    change = nodes["activation"].to_numpy() - nodes["baseline_activation"].to_numpy()
+    change = torch.as_tensor(change, device=x.device, dtype=dtype).unsqueeze(1)
+    is_error = feature < 0
+    directions = change * decoder[feature.clamp_min(0)]
+
+    def error(rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(dtype)
+        return rows - (sae.encode(rows.to(sae.dtype)).to(dtype) @ decoder + b_dec)
+
+    at = position[is_error]
+    errors = error(x[at])
+    if x_base is not None:
+        errors = errors - error(x_base[at])
+    directions[is_error] = errors
+    return directions
 
 
 def _seeds(
@@ -414,35 +424,39 @@ def _pull_back(
     upstream_position: torch.Tensor,
 ) -> torch.Tensor:
     """`[seeds, upstream nodes]` edge weights: each seed pulled back through the blocks between
-    the two hooks (only up to the last seed position) and dotted with each upstream `delta`."""
-    length = int(seed_position.max()) + 1
-    x_in = upstream_act[:length].detach().unsqueeze(0).requires_grad_(True)
-    weights = []
+    the two hooks and dotted with each upstream `delta`.
+
+    Seeds are taken in position order, at most `SEED_BATCH` per batched backward, and each batch
+    runs the blocks only up to its last seed position (attention is causal), so a seed at the BOS
+    costs a one-position pass.
+    """
+    weights = torch.zeros(len(seeds), len(upstream_position), device=seeds.device)
+    order = torch.argsort(seed_position, stable=True)
+    columns = torch.arange(len(upstream_position), device=seeds.device)
+    blocks = model.blocks[start_depth:end_depth]
     with model_lock(model), torch.enable_grad():
-        out = x_in
-        for block in model.blocks[start_depth:end_depth]:
-            out = block(out)
-        for chunk in range(0, len(seeds), SEED_BATCH):
-            part = slice(chunk, chunk + SEED_BATCH)
-            grad_out = torch.zeros(
-                (len(seeds[part]), *out.shape), device=out.device, dtype=out.dtype
-            )
-            rows = torch.arange(len(seeds[part]), device=out.device)
-            grad_out[rows, 0, seed_position[part]] = seeds[part].to(out.dtype)
+        for chunk in order.split(SEED_BATCH):
+            length = int(seed_position[chunk].max()) + 1
+            x_in = upstream_act[:length].detach().unsqueeze(0).requires_grad_(True)
+            out = x_in
+            for block in blocks:
+                out = block(out)
+            grad_out = out.new_zeros((len(chunk), *out.shape))
+            rows = torch.arange(len(chunk), device=out.device)
+            grad_out[rows, 0, seed_position[chunk]] = seeds[chunk].to(out.dtype)
             if out is x_in:  # no block between (the embedding under resid_pre 0): identity
                 pulled = grad_out
             else:
                 (pulled,) = torch.autograd.grad(
-                    out, x_in, grad_outputs=grad_out, is_grads_batched=True, retain_graph=True
+                    out, x_in, grad_outputs=grad_out, is_grads_batched=True
                 )
-            pulled = pulled[:, 0].to(upstream_directions.dtype)  # [seeds, length, d_model]
+            pulled = pulled[:, 0].to(upstream_directions.dtype)  # [chunk, length, d_model]
+            # weight[k, n] = pulled[k, s_n] . delta_n, without a [chunk, nodes, d_model] tensor
             reachable = upstream_position < length
             at = upstream_position.clamp_max(length - 1)
-            # weight[k, n] = pulled[k, at[n]] . delta[n], without a [seeds, nodes, d] tensor
             products = torch.einsum("ktd,nd->ktn", pulled, upstream_directions)
-            weight = products[:, at, torch.arange(len(at), device=at.device)]
-            weights.append(weight * reachable)
-    return torch.cat(weights) if weights else seeds.new_zeros(0, len(upstream_position))
+            weights[chunk] = products[:, at, columns] * reachable
+    return weights
 
 
 # --------------------------------------------------------------------------- influence, pruning

@@ -16,7 +16,7 @@ from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
 from token_trace import loading
-from token_trace.attribution import Batch, attribute
+from token_trace.attribution import AttributionRun, Batch, attribute
 from token_trace.hook_names import residual_depth
 from token_trace.hooks import model_lock
 from token_trace.nodes import node_frame
@@ -162,6 +162,36 @@ def trace_batch(
     `baseline_texts`, when given, hold one entry per prompt; `metric` applies to all. Each trace
     equals what `trace` returns for its prompt alone (up to float rounding).
     """
+    return traces_and_run(
+        texts,
+        model,
+        saes,
+        answers=answers,
+        contrasts=contrasts,
+        metric=metric,
+        method=method,
+        ig_steps=ig_steps,
+        baseline_texts=baseline_texts,
+        device=device,
+        sae_dtype=sae_dtype,
+    )[0]
+
+
+def traces_and_run(
+    texts: Sequence[TextOrTokens],
+    model: str | HookedTransformer = loading.DEFAULT_MODEL,
+    saes: SAEArgument = None,
+    *,
+    answers: Sequence[Answer] | None = None,
+    contrasts: Sequence[Answer] | None = None,
+    metric: MetricArgument = None,
+    method: str = "atp",
+    ig_steps: int = 10,
+    baseline_texts: Sequence[TextOrTokens] | None = None,
+    device: str | None = None,
+    sae_dtype: str = "float32",
+) -> tuple[list[Trace], AttributionRun]:
+    """`trace_batch`, and the engine run behind it (graphs go on from its captured passes)."""
     texts = list(texts)
     if not texts:
         raise ValueError("No prompts given.")
@@ -189,7 +219,7 @@ def trace_batch(
                     baselines.append(prepare_baseline(model_obj, baseline, prompt))
                 notes.append(_warnings(model_obj, prompt, baseline, index, len(texts)))
     batch = Batch.of([p.tokens for p in prompts], [p.metric for p in prompts])
-    results = attribute(
+    run = attribute(
         model_obj,
         sae_dict,
         batch,
@@ -197,7 +227,7 @@ def trace_batch(
         ig_steps=ig_steps,
         baseline_tokens=Batch.of(baselines, batch.metrics).tokens if baselines else None,
     )
-    return [
+    traces = [
         Trace(
             nodes=node_frame(result, records, prompt.str_tokens),
             prompt=PromptRecord(
@@ -227,9 +257,10 @@ def trace_batch(
             warnings=tuple(note),
         )
         for row, (result, prompt, text, baseline, note) in enumerate(
-            zip(results, prompts, texts, baseline_texts or [None] * len(texts), notes)
+            zip(run.results, prompts, texts, baseline_texts or [None] * len(texts), notes)
         )
     ]
+    return traces, run
 
 
 def compute_node_attribution(

@@ -7,13 +7,14 @@ from functools import partial
 
 import jsonschema
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
 from tests.helpers import PROMPT, TINY_HOOKS, downstream_contributions, random_sae
 from token_trace import trace
-from token_trace.graph import graph_from_trace, node_ids
+from token_trace.graph import compute_graph, graph_from_trace, node_ids
 from token_trace.hook_names import residual_depth
 from token_trace.hooks import final_residual, logits_at
 from token_trace.prompts import prepare_baseline, prepare_prompt
@@ -324,3 +325,12 @@ def test_neuronpedia_export_validates_and_points_at_dashboards(model, tmp_path):
         )
         assert dashboard == records[layer].feature_url(index)
         assert node["node_id"] == f"{layer}_{index}_{node['ctx_idx']}"
+
+
+def test_compute_graph_reuses_its_run_and_equals_a_graph_of_the_trace(model, saes):
+    graph = compute_graph(PROMPT, model, saes, baseline_text=COUNTERFACTUAL, max_nodes=40)
+    again = graph_from_trace(graph.trace, model=model, saes=saes, max_nodes=40)
+    pd.testing.assert_frame_equal(
+        graph.candidate_edges, again.candidate_edges, check_exact=False, rtol=1e-5, atol=1e-7
+    )
+    assert list(graph.nodes["node_id"]) == list(again.nodes["node_id"])
