@@ -17,7 +17,18 @@ import gradio as gr
 
 from token_trace.app import render
 from token_trace.app.api import endpoint, parameter
-from token_trace.app.page import FILTERED_OUTPUTS, OUTPUTS, Filters, Page
+from token_trace.app.page import (
+    DEFAULT_MAX_NODES,
+    DEFAULT_VERIFY_NODES,
+    FILTERED_OUTPUTS,
+    GRAPH_OUTPUTS,
+    MAX_GRAPH_NODES,
+    OUTPUTS,
+    VERIFY_OUTPUTS,
+    Filters,
+    GraphChoice,
+    Page,
+)
 from token_trace.app.requests import (
     MAX_IG_STEPS,
     METHOD_LABELS,
@@ -38,6 +49,27 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 CONCURRENCY = 4
 THEME = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
 PRIVATE = {"api_visibility": "private"}
+#: Plotly's clicks on the flow graph go to the hidden `tt-graph-click` box (Gradio's Plot has no
+#: click event): the clicked node's id is written there and the hidden button pressed.
+CLICK_JS = """
+() => {
+  const bind = () => {
+    document.querySelectorAll('#tt-graph .js-plotly-plot').forEach((plot) => {
+      if (plot.ttBound || !plot.on) return;
+      plot.ttBound = true;
+      plot.on('plotly_click', (event) => {
+        const point = event.points && event.points[0];
+        if (!point || point.customdata === undefined) return;
+        const box = document.querySelector('#tt-graph-click textarea, #tt-graph-click input');
+        box.value = String(point.customdata);
+        box.dispatchEvent(new Event('input', { bubbles: true }));
+        setTimeout(() => document.querySelector('#tt-graph-click-go').click(), 50);
+      });
+    });
+  };
+  new MutationObserver(bind).observe(document.body, { childList: true, subtree: true });
+}
+"""
 
 
 def layer_choices(release: str) -> gr.CheckboxGroup:
@@ -155,7 +187,37 @@ def build(page: Page) -> gr.Blocks:
         with gr.Row():
             layer_plot = gr.Plot(label="Features vs error", elem_id="tt-layers")
             scatter = gr.Plot(label="Attribution vs activation", elem_id="tt-scatter")
-        state = gr.State()
+
+        with gr.Accordion("Check with real ablations", open=True):
+            with gr.Row():
+                verify_k = gr.Slider(
+                    1, 100, value=DEFAULT_VERIFY_NODES, step=1, label="Top nodes to ablate"
+                )
+                verify_button = gr.Button("Check with real ablations", elem_id="tt-verify")
+            verify_summary = gr.HTML(elem_id="tt-verify-summary")
+            with gr.Row():
+                verify_scatter = gr.Plot(label="Estimate vs real", elem_id="tt-verify-scatter")
+                verify_layers = gr.Plot(label="Per layer", elem_id="tt-verify-layers")
+
+        with gr.Accordion("Flow graph: from the prompt's tokens to the prediction", open=True):
+            with gr.Row():
+                max_nodes = gr.Slider(
+                    10, MAX_GRAPH_NODES, value=DEFAULT_MAX_NODES, step=10, label="Nodes"
+                )
+                node_threshold = gr.Slider(0.1, 1.0, value=0.8, step=0.01, label="Node threshold")
+                edge_threshold = gr.Slider(0.1, 1.0, value=0.98, step=0.01, label="Edge threshold")
+                show_errors = gr.Checkbox(label="Show error nodes", value=True)
+                graph_button = gr.Button("Build graph", elem_id="tt-graph-run")
+            graph_summary = gr.HTML(elem_id="tt-graph-summary")
+            graph_plot = gr.Plot(label="Flow graph", elem_id="tt-graph")
+            with gr.Row():
+                graph_file = gr.DownloadButton("Graph (Neuronpedia JSON)", size="sm")
+                gr.HTML(render.NEURONPEDIA_NOTE)
+            # A clicked graph node's id, written there by the page's script (see CLICK_JS),
+            # which then presses the hidden button.
+            graph_click = gr.Textbox(elem_id="tt-graph-click", elem_classes="tt-hidden")
+            graph_click_go = gr.Button(elem_id="tt-graph-click-go", elem_classes="tt-hidden")
+        state, graph_state = gr.State(), gr.State()
 
         named = {
             "run": state, "summary": summary, "tokens": tokens, "predictions": predictions,
@@ -164,7 +226,10 @@ def build(page: Page) -> gr.Blocks:
             "trace_file": trace_file, "settings_json": settings_json, "text": text,
             "release": release, "answer": answer, "contrast": contrast,
             "counterfactual": counterfactual, "method": method, "features_only": features_only,
-            "hide_bos": hide_bos, "query": query,
+            "hide_bos": hide_bos, "query": query, "graph_run": graph_state,
+            "graph_plot": graph_plot, "graph_summary": graph_summary, "graph_file": graph_file,
+            "verify_summary": verify_summary, "verify_scatter": verify_scatter,
+            "verify_layers": verify_layers,
         }  # fmt: skip
 
         def to_components(values: dict[str, Any]) -> dict[gr.components.Component, Any]:
@@ -234,6 +299,45 @@ def build(page: Page) -> gr.Blocks:
             return page.select(run, Filters(features_only, hide_bos, query), index, event.row_value)
 
         table.select(select, [state, *filters], panel, **cheap)
+
+        def request(text, release, answer, contrast, method, ig_steps, counterfactual):
+            return RequestFields(
+                text=text, release=release, answer=answer, contrast=contrast, method=method,
+                ig_steps=ig_steps, counterfactual=counterfactual,
+            )  # fmt: skip
+
+        fields = [text, release, answer, contrast, method, ig_steps, counterfactual]
+        choice = [node_threshold, edge_threshold, show_errors]
+
+        def build_graph(*values, progress=gr.Progress()):  # noqa: B008
+            *form, layers_chosen, nodes, node_cut, edge_cut, errors = values
+            chosen = GraphChoice(node_cut, edge_cut, errors)
+            return to_components(page.graph(request(*form), layers_chosen, nodes, chosen, progress))
+
+        graph_outputs = [graph_state, *(named[name] for name in GRAPH_OUTPUTS)]
+        graph_button.click(
+            user_errors(build_graph), [*fields, layers, max_nodes, *choice], graph_outputs,
+            **PRIVATE,
+        )  # fmt: skip
+        gr.on(
+            [node_threshold.release, edge_threshold.release, show_errors.input],
+            lambda run, *chosen: to_components(page.redraw(run, GraphChoice(*chosen))),
+            [graph_state, *choice],
+            [named[name] for name in GRAPH_OUTPUTS],
+            **cheap,
+        )
+        graph_click_go.click(page.graph_click, [graph_state, graph_click], panel, **cheap)
+
+        def check(*values, progress=gr.Progress()):  # noqa: B008
+            *form, layers_chosen, k = values
+            return to_components(page.verify(request(*form), layers_chosen, k, progress))
+
+        verify_button.click(
+            user_errors(check),
+            [*fields, layers, verify_k],
+            [named[name] for name in VERIFY_OUTPUTS],
+            **PRIVATE,
+        )
         api(page)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     return demo
@@ -242,9 +346,16 @@ def build(page: Page) -> gr.Blocks:
 def api(page: Page) -> None:
     """`/attribute` and `/summary`: the request's fields as plain parameters, JSON out."""
     defaults = {"model": default_model(page.offline)}
+    graph_options = [
+        parameter("max_nodes", float, DEFAULT_MAX_NODES),
+        parameter("node_threshold", float, 0.8),
+        parameter("edge_threshold", float, 0.98),
+    ]
     endpoints = {
         "attribute": (page.attribute, list[dict], [parameter("top_k", float, 0)]),
         "summary": (page.summary, dict, []),
+        "graph": (page.graph_json, dict, graph_options),
+        "verify": (page.verify_json, dict, [parameter("top_k", float, DEFAULT_VERIFY_NODES)]),
     }
     for name, (handler, returns, extra) in endpoints.items():
         fn = endpoint(
@@ -280,7 +391,7 @@ def launch(demo: gr.Blocks, **options: Any) -> Any:
 
     Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, which Gradio reads itself.
     """
-    return demo.launch(theme=THEME, css=CSS, **options)
+    return demo.launch(theme=THEME, css=CSS, js=CLICK_JS, **options)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ _PUBLIC = {
     "Node": "token_trace.ablation",
     "ablate": "token_trace.ablation",
     "ablation_effects": "token_trace.ablation",
+    "Verification": "token_trace.ablation",
+    "verify": "token_trace.ablation",
     "nodes_in": "token_trace.ablation",
     "Graph": "token_trace.graph",
     "compute_graph": "token_trace.graph",
@@ -53,6 +55,7 @@ __all__ = [
     "SAERecord",
     "Trace",
     "UnknownWordsWarning",
+    "Verification",
     "ablate",
     "ablation_effects",
     "compute_graph",
@@ -68,6 +71,7 @@ __all__ = [
     "top_nodes",
     "trace",
     "trace_batch",
+    "verify",
 ]
 
 
@@ -85,7 +89,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from token_trace.ablation import Node, ablate, ablation_effects, nodes_in
+    from token_trace.ablation import (
+        Node,
+        Verification,
+        ablate,
+        ablation_effects,
+        nodes_in,
+        verify,
+    )
     from token_trace.graph import Graph, compute_graph, graph_from_trace
     from token_trace.loading import LoadError, load_model, load_saes
     from token_trace.nodes import COLUMNS, layer_totals, position_totals, top_nodes

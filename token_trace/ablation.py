@@ -8,6 +8,7 @@ one set of nodes together, so many single-node ablations cost one batched forwar
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -133,3 +134,56 @@ def ablate(
         model, saes, inputs.tokens, inputs.metric, node_sets, inputs.baseline_tokens
     )
     return effects.cpu().numpy()
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Estimates of a trace against real interventions: its top nodes one at a time, and each
+    SAE layer as a whole (every node of the layer at its baseline)."""
+
+    nodes: pd.DataFrame
+    """The top-k nodes (the node table's columns) with `real`, the measured effect."""
+    layers: pd.DataFrame
+    """Per layer: `hook_name`, `layer`, `estimate` (summed attribution), `real`."""
+    sign_agreement: float
+    """Share of the top nodes whose estimate has the real effect's sign."""
+    rank_correlation: float
+    """Spearman correlation of estimates and real effects over the top nodes."""
+
+    @property
+    def layers_with_wrong_sign(self) -> list[str]:
+        """Layers whose summed estimate and real whole-layer effect disagree in sign."""
+        wrong = np.sign(self.layers["estimate"]) != np.sign(self.layers["real"])
+        return self.layers.loc[wrong, "hook_name"].astype(str).tolist()
+
+
+def verify(
+    result: Trace,
+    k: int = 20,
+    *,
+    exclude_bos: bool = True,
+    model: HookedTransformer | None = None,
+    saes: Mapping[str, SAE] | None = None,
+    device: str | None = None,
+) -> Verification:
+    """Check a trace by real ablations: its `k` largest nodes one at a time, and each SAE layer
+    whole, in one batched rerun (one batch row per node set)."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}.")
+    top = result.top_nodes(k, exclude_bos=exclude_bos)
+    layer_rows = [result.nodes[result.nodes["hook_name"] == hook] for hook in result.hook_names]
+    node_sets = [[node] for node in nodes_in(top)] + [nodes_in(rows) for rows in layer_rows]
+    real = ablate(result, node_sets, model=model, saes=saes, device=device)
+    top = top.assign(real=real[: len(top)])
+    layers = pd.DataFrame(
+        {
+            "hook_name": result.hook_names,
+            "layer": [record.layer for record in result.saes],
+            "estimate": [float(rows["attribution"].sum()) for rows in layer_rows],
+            "real": real[len(top) :],
+        }
+    )
+    estimate = top["attribution"].to_numpy()
+    signs = float((np.sign(estimate) == np.sign(top["real"].to_numpy())).mean())
+    ranks = top["real"].rank().corr(top["attribution"].rank()) if len(top) > 1 else 1.0
+    return Verification(top, layers, signs, float(ranks))

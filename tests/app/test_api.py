@@ -22,7 +22,7 @@ from gradio_client.exceptions import AppError
 from transformer_lens import HookedTransformer
 
 from tests.helpers import CAP, ROOT, Served, demo_examples, free_port
-from token_trace import compute_node_attribution, load_model
+from token_trace import compute_graph, compute_node_attribution, load_model, trace, verify
 from token_trace.app import exports, service
 from token_trace.loading import release_sae_ids
 
@@ -55,6 +55,17 @@ def library_result(request: dict) -> pd.DataFrame:
         method=request.get("method", "atp"),
         ig_steps=request.get("ig_steps", 10),
         baseline_text=request.get("counterfactual") or None,
+        device="cpu",
+    )
+
+
+def library_trace(request: dict):
+    """The library's trace for an API request without layers or method options."""
+    return trace(
+        request["text"],
+        "ioi-demo",
+        answer=request.get("answer") or None,
+        contrast=request.get("contrast") or None,
         device="cpu",
     )
 
@@ -352,3 +363,52 @@ def test_example_client_reports_a_model_it_cannot_load_without_a_traceback(
     )
     assert demo.returncode == 0, demo.stderr
     assert "logit(" in demo.stdout
+
+
+# --------------------------------------------------------------------------- graph and checks
+
+
+def test_graph_endpoint_returns_the_library_graph_as_neuronpedia_json(served: Served) -> None:
+    request = api_request(demo_examples()[0])
+    exported = served.client.predict(**request, max_nodes=50, api_name="/graph")
+    assert set(exported) == {"metadata", "qParams", "nodes", "links"}
+    expected = compute_graph(
+        request["text"],
+        "ioi-demo",
+        answer=request["answer"],
+        contrast=request["contrast"],
+        max_nodes=50,
+        device="cpu",
+    )
+    assert [node["node_id"] for node in exported["nodes"]] == list(expected.nodes["node_id"])
+    assert len(exported["links"]) == len(expected.edges)
+    looser = served.client.predict(**request, max_nodes=50, edge_threshold=1.0, api_name="/graph")
+    assert len(looser["links"]) >= len(exported["links"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_nodes": 0}, "max_nodes must be a whole number"),
+        ({"max_nodes": 20.5}, "max_nodes must be a whole number"),
+        ({"node_threshold": 1.5}, "node_threshold must lie between 0 and 1"),
+        ({"text": ""}, "The prompt is empty"),
+    ],
+)
+def test_graph_endpoint_bad_input(served: Served, overrides: dict, message: str) -> None:
+    request = {**api_request(demo_examples()[0]), **overrides}
+    with pytest.raises(AppError, match=message):
+        served.client.predict(**request, api_name="/graph")
+
+
+def test_verify_endpoint_matches_the_library(served: Served) -> None:
+    request = api_request(demo_examples()[0])
+    result = served.client.predict(**request, top_k=10, api_name="/verify")
+    expected = verify(library_trace(request), 10)
+    assert result["sign_agreement"] == pytest.approx(expected.sign_agreement)
+    assert result["rank_correlation"] == pytest.approx(expected.rank_correlation)
+    assert [row["real"] for row in result["nodes"]] == pytest.approx(list(expected.nodes["real"]))
+    assert [row["hook_name"] for row in result["layers"]] == list(expected.layers["hook_name"])
+    assert result["layers_with_wrong_sign"] == expected.layers_with_wrong_sign
+    with pytest.raises(AppError, match="top_k must be a whole number"):
+        served.client.predict(**request, top_k=0, api_name="/verify")

@@ -126,3 +126,53 @@ def test_unknown_words_show_a_warning_in_the_page(page) -> None:
     page.click("#tt-run")
     page.wait_for_selector("#tt-summary .tt-warning")
     assert "'Zorblax'" in page.inner_text("#tt-summary .tt-warning")
+
+
+def run_first_example(page) -> None:
+    example = demo_examples()[0]
+    page.locator("#tt-examples").get_by_text(f"{example['name']} · ioi-demo").click()
+    page.wait_for_function(
+        "text => document.querySelector('#tt-prompt textarea').value === text", arg=example["text"]
+    )
+    page.wait_for_selector("#tt-tokens .tt-target")
+
+
+def test_the_flow_graph_renders_and_a_node_click_opens_the_feature_panel(page) -> None:
+    run_first_example(page)
+    page.click("#tt-graph-run")
+    page.wait_for_selector("#tt-graph .js-plotly-plot .scatterlayer .point")
+    counts = page.evaluate(
+        """() => {
+          const data = document.querySelector('#tt-graph .js-plotly-plot').data;
+          const lines = data.filter(t => t.mode === 'lines');
+          return {nodes: data[data.length - 1].customdata.length, lines: lines.length};
+        }"""
+    )
+    assert counts["nodes"] > 10 and counts["lines"] > 0
+    assert "edges kept" in page.inner_text("#tt-graph-summary")
+    # A real mouse click on a feature's mark opens its card, as a table row does.
+    index = page.evaluate(
+        """() => {
+          const data = document.querySelector('#tt-graph .js-plotly-plot').data;
+          const ids = data[data.length - 1].customdata;
+          return ids.findIndex(id => { const [layer, feature] = id.split('_');
+            return layer !== 'E' && Number(feature) >= 0 && Number(layer) < 3; });
+        }"""
+    )
+    assert index >= 0
+    page.locator("#tt-graph .scatterlayer .trace").last.locator(".point").nth(index).click(
+        force=True
+    )
+    page.wait_for_selector("#tt-panel .tt-card")
+    page.screenshot(path=str(ARTIFACTS / "app-graph.png"), full_page=True)
+
+
+def test_checking_with_real_ablations_shows_its_plot_and_numbers(page) -> None:
+    run_first_example(page)
+    page.click("#tt-verify")
+    page.wait_for_selector("#tt-verify-scatter .js-plotly-plot")
+    page.wait_for_selector("#tt-verify-layers .js-plotly-plot")
+    summary = page.inner_text("#tt-verify-summary")
+    assert "sign agreement" in summary and "Spearman" in summary
+    page.locator("#tt-verify-summary").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "app-verify.png"), full_page=True)

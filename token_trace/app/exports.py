@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from token_trace.app.requests import Settings
+from token_trace.graph import Graph
 from token_trace.records import Trace
 
 
@@ -69,3 +70,14 @@ def write_exports(settings: Settings, result: Trace, directory: Path) -> dict[st
             write(partial)
             partial.replace(paths[kind])
     return paths
+
+
+def write_graph(settings: Settings, graph: Graph, directory: Path) -> Path:
+    """The pruned graph as Neuronpedia JSON, once per request and thresholds (atomic write)."""
+    folder = directory / settings.key()
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"token-trace-graph-{graph.max_nodes}-{graph.node_threshold}-{graph.edge_threshold}"
+    path = folder / f"{name.replace('.', 'p')}.json"
+    if not path.exists():
+        graph.save_neuronpedia(path, slug=f"token-trace-{settings.key()}")
+    return path

@@ -15,9 +15,16 @@ from typing import Any
 import pandas as pd
 
 from token_trace.app import exports, plots, render
-from token_trace.app.requests import Example, RequestFields, load_examples, make_settings
+from token_trace.app.requests import (
+    Example,
+    RequestFields,
+    Settings,
+    load_examples,
+    make_settings,
+)
 from token_trace.app.service import Run, Service
 from token_trace.demo import feature_card
+from token_trace.graph import Graph
 
 EXPORT_DIR = Path(tempfile.gettempdir()) / "token-trace-exports"
 
@@ -40,6 +47,28 @@ OUTPUTS = (
 )
 #: The outputs that follow the table's filters (no recomputation).
 FILTERED_OUTPUTS = ("table", "heatmap", "layer_plot", "scatter", "links")
+#: The flow graph's outputs, and the checks'.
+GRAPH_OUTPUTS = ("graph_plot", "graph_summary", "graph_file")
+VERIFY_OUTPUTS = ("verify_summary", "verify_scatter", "verify_layers")
+DEFAULT_MAX_NODES, MAX_GRAPH_NODES = 200, 1000
+DEFAULT_VERIFY_NODES = 20
+
+
+@dataclass(frozen=True)
+class GraphChoice:
+    """How the flow graph is drawn: its thresholds and whether error nodes show."""
+
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
+    show_errors: bool = True
+
+
+@dataclass(frozen=True)
+class GraphRun:
+    """A computed (unpruned) graph and the request it belongs to."""
+
+    settings: Settings
+    graph: Graph
 
 
 @dataclass(frozen=True)
@@ -153,6 +182,60 @@ class Page:
             "query": "",
         }
 
+    # ----------------------------------------------------------------------- graph, checks
+
+    def graph(
+        self,
+        request: RequestFields,
+        layers: list[str] | None,
+        max_nodes: float,
+        choice: GraphChoice,
+        progress: Callable[..., Any] | None = None,
+    ) -> dict[str, Any]:
+        """The flow graph of the request's `max_nodes` largest nodes, pruned as chosen."""
+        settings = make_settings(request, layers)
+        nodes = _whole(max_nodes, "max_nodes", 1, MAX_GRAPH_NODES)
+        graph_run = GraphRun(settings, self.service.graph(settings, nodes, progress))
+        return {"graph_run": graph_run, **self.redraw(graph_run, choice)}
+
+    @staticmethod
+    def redraw(graph_run: GraphRun | None, choice: GraphChoice) -> dict[str, Any]:
+        """The graph at other thresholds, or with errors hidden: re-pruned, no new backward."""
+        if graph_run is None:
+            return {"graph_plot": None, "graph_summary": "", "graph_file": None}
+        graph = graph_run.graph.prune(choice.node_threshold, choice.edge_threshold)
+        return {
+            "graph_plot": plots.flow_graph(graph, choice.show_errors),
+            "graph_summary": render.graph_summary_html(graph, graph_run.settings.method),
+            "graph_file": str(exports.write_graph(graph_run.settings, graph, EXPORT_DIR)),
+        }
+
+    def graph_click(self, graph_run: GraphRun | None, node_id: str) -> str:
+        """The feature panel for a clicked graph node."""
+        if graph_run is None or not node_id:
+            return render.PANEL_HINT
+        return render.graph_node_panel_html(
+            graph_run.graph.trace, node_id, card=feature_card, offline=self.offline
+        )
+
+    def verify(
+        self,
+        request: RequestFields,
+        layers: list[str] | None,
+        k: float,
+        progress: Callable[..., Any] | None = None,
+    ) -> dict[str, Any]:
+        """Estimates against real ablations: the top `k` nodes and every whole layer."""
+        check = self.service.verify(
+            make_settings(request, layers), _whole(k, "top_k", 1, 200), progress
+        )
+        scatter, bars = plots.verification_figures(check)
+        return {
+            "verify_summary": render.verification_html(check),
+            "verify_scatter": scatter,
+            "verify_layers": bars,
+        }
+
     # ----------------------------------------------------------------------- API
 
     def attribute(self, request: RequestFields, top_k: float = 0) -> list[dict]:
@@ -170,3 +253,44 @@ class Page:
         """The run's metadata: tokens, metric and value, top predictions, per-token totals, and
         warnings (e.g. words the model's vocabulary does not know)."""
         return exports.summary(self.service.obtain(make_settings(request)).trace)
+
+    def graph_json(
+        self,
+        request: RequestFields,
+        max_nodes: float = DEFAULT_MAX_NODES,
+        node_threshold: float = 0.8,
+        edge_threshold: float = 0.98,
+    ) -> dict:
+        """The request's attribution graph as Neuronpedia's graph JSON (`metadata`, `qParams`,
+        `nodes`, `links`): the `max_nodes` nodes of largest |attribution| and the edges between
+        consecutive SAE layers, pruned to those carrying `node_threshold` / `edge_threshold` of
+        the influence on the metric (each between 0 and 1)."""
+        for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie between 0 and 1, got {value}.")
+        settings = make_settings(request)
+        nodes = _whole(max_nodes, "max_nodes", 1, MAX_GRAPH_NODES)
+        graph = self.service.graph(settings, nodes).prune(node_threshold, edge_threshold)
+        return graph.to_neuronpedia(slug=f"token-trace-{settings.key()}")
+
+    def verify_json(self, request: RequestFields, top_k: float = DEFAULT_VERIFY_NODES) -> dict:
+        """Estimates against real ablations: for the `top_k` nodes of largest |attribution| (BOS
+        excluded) each node's `attribution` and `real` effect, for every SAE layer its summed
+        `estimate` and the `real` effect of ablating the whole layer, the sign agreement and
+        Spearman rank correlation over the nodes, and the layers whose estimate has the wrong
+        sign."""
+        check = self.service.verify(make_settings(request), _whole(top_k, "top_k", 1, 200))
+        return {
+            "nodes": exports.records(check.nodes),
+            "layers": exports.records(check.layers),
+            "sign_agreement": check.sign_agreement,
+            "rank_correlation": check.rank_correlation,
+            "layers_with_wrong_sign": check.layers_with_wrong_sign,
+        }
+
+
+def _whole(value: float, name: str, low: int, high: int) -> int:
+    """A count from the page or the API: a whole number in [low, high], or a clear error."""
+    if value != int(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, not {value}.")
+    return int(value)

@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping
 
 import pandas as pd
 
+from token_trace.ablation import Verification
 from token_trace.app.requests import METHOD_LABELS
 from token_trace.app.theme import signed_background
+from token_trace.graph import Graph
 from token_trace.neuronpedia import embed_url, feature_url, quick_list_url
 from token_trace.nodes import top_nodes, without_bos
 from token_trace.records import Trace
@@ -371,3 +373,80 @@ def banner_html(offline: bool) -> str:
         "models that need a download will fail to load. The bundled <code>ioi-demo</code> model "
         "works without a network and is selected.</div>"
     )
+
+
+# --------------------------------------------------------------------------- graph and checks
+
+NEURONPEDIA_NOTE = (
+    '<div class="tt-links tt-muted">The download is Neuronpedia\'s attribution-graph JSON: check '
+    "it on Neuronpedia's graph validator page, then upload it there (its graph upload takes the "
+    "file with your API key) to explore it in Neuronpedia's graph viewer.</div>"
+)
+
+
+def graph_summary_html(graph: Graph, method: str) -> str:
+    """Counts, the error share, and what the graph is built from."""
+    nodes = graph.nodes
+    sae_nodes = int(nodes["node_type"].isin(["feature", "error"]).sum())
+    parts = [
+        f"<b>{sae_nodes}</b> SAE nodes and <b>{len(graph.edges):,}</b> edges kept of "
+        f"{graph.max_nodes} nodes and {len(graph.candidate_edges):,} edges computed",
+        f"error nodes carry <b>{graph.error_share:.0%}</b> of the kept influence",
+    ]
+    note = ""
+    if method != "atp":
+        note = (
+            '<div class="tt-warning">Graphs are built from attribution patching: the nodes and '
+            "edges here are AtP estimates, whatever the method chosen above.</div>"
+        )
+    return f'<div class="tt-summary">{" · ".join(parts)}{note}</div>'
+
+
+def graph_node_panel_html(
+    result: Trace,
+    node_id: str,
+    *,
+    card: Callable[[str, int], Mapping | None],
+    offline: bool,
+) -> str:
+    """The panel for a clicked graph node: the table row's panel for SAE nodes; a line for the
+    token and metric nodes."""
+    layer, feature, position = node_id.rsplit("_", 2)
+    if layer == "E" or not layer.lstrip("-").isdigit():
+        token = result.prompt.tokens[int(position)]
+        return (
+            f'<div class="tt-panel"><div class="tt-node-head">token {int(position)} '
+            f"{html.escape(quoted_token(token))}: the prompt's embedding entering the model</div>"
+            "</div>"
+        )
+    nodes = result.nodes
+    match = nodes.index[
+        (nodes["layer"] == int(layer))
+        & (nodes["feature"] == int(feature))
+        & (nodes["position"] == int(position))
+    ]
+    if not len(match):
+        return (
+            f'<div class="tt-panel"><div class="tt-node-head">the metric: '
+            f"<b>{html.escape(result.metric.description)}</b> = "
+            f"{format_value(result.metric.value)}</div></div>"
+        )
+    return feature_panel_html(result, int(match[0]), card=card, offline=offline)
+
+
+def verification_html(check: Verification) -> str:
+    """The checks' numbers, and a warning for each layer whose estimate has the wrong sign."""
+    line = (
+        f"Real ablations of the top {len(check.nodes)} nodes: sign agreement "
+        f"<b>{check.sign_agreement:.0%}</b>, Spearman ρ <b>{check.rank_correlation:.2f}</b>."
+    )
+    wrong = check.layers_with_wrong_sign
+    warning = ""
+    if wrong:
+        names = ", ".join(html.escape(name) for name in wrong)
+        warning = (
+            f'<div class="tt-warning">⚠ The summed estimate has the wrong sign at {names}: '
+            "the linear estimate is poor there (attention saturation, large nodes). Try "
+            "integrated gradients (IG), whose layer totals approach the real effect.</div>"
+        )
+    return f'<div class="tt-summary">{line}{warning}</div>'

@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,9 @@ import torch
 from transformer_lens import HookedTransformer
 
 from token_trace import loading
+from token_trace.ablation import Verification, verify
 from token_trace.app.requests import MAX_TOKENS_ENV, PRESETS_BY_RELEASE, Settings
+from token_trace.graph import Graph, compute_graph
 from token_trace.pipeline import resolve, trace
 from token_trace.records import Trace
 
@@ -189,6 +191,33 @@ def trace_on_gpu(settings: Settings) -> Trace:
     return trace(**settings.library_kwargs())
 
 
+def graph_seconds(settings: Settings, max_nodes: int) -> int:
+    """ZeroGPU reservation for a graph: the AtP pass, then one backward per 64 kept nodes."""
+    return int(min(120, 20 + 4 + 2 * max_nodes // 64))
+
+
+def verify_seconds(result: Trace, k: int) -> int:
+    """ZeroGPU reservation for real ablations: one batched forward of k + layers rows."""
+    return int(min(120, 20 + (k + len(result.saes)) // 16))
+
+
+@spaces.GPU(duration=graph_seconds)
+@user_errors
+def graph_on_gpu(settings: Settings, max_nodes: int) -> Graph:
+    """A request's graph (AtP nodes and edges; pruned again later, off the GPU)."""
+    kwargs = settings.library_kwargs()
+    for unused in ("method", "ig_steps"):  # graphs are built from attribution patching
+        kwargs.pop(unused)
+    return compute_graph(**kwargs, max_nodes=max_nodes, node_threshold=None, edge_threshold=None)
+
+
+@spaces.GPU(duration=verify_seconds)
+@user_errors
+def verify_on_gpu(result: Trace, k: int) -> Verification:
+    """Real ablations of a trace's top nodes and whole layers."""
+    return verify(result, k)
+
+
 @dataclass(frozen=True)
 class Run:
     """A finished request: its settings, the library's trace, and the compute time."""
@@ -199,27 +228,27 @@ class Run:
 
 
 class ResultCache:
-    """Finished runs per request (LRU), shared by all sessions and threads.
+    """Finished results per key (LRU), shared by all sessions and threads.
 
-    Traces are never modified after they are stored: views filter copies of their tables.
+    Results are never modified after they are stored: views filter copies of their tables.
     """
 
     def __init__(self, size: int = 32) -> None:
         self._size = size
-        self._items: OrderedDict[Settings, Run] = OrderedDict()
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, settings: Settings) -> Run | None:
+    def get(self, key: Hashable) -> Any:
         with self._lock:
-            run = self._items.get(settings)
-            if run is not None:
-                self._items.move_to_end(settings)
-            return run
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
 
-    def put(self, run: Run) -> None:
+    def put(self, key: Hashable, value: Any) -> None:
         with self._lock:
-            self._items[run.settings] = run
-            self._items.move_to_end(run.settings)
+            self._items[key] = value
+            self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 
@@ -242,6 +271,33 @@ class Service:
             start = time.perf_counter()
             result = trace_on_gpu(settings)
             run = Run(settings, result, time.perf_counter() - start)
-            self.cache.put(run)
+            self.cache.put(settings, run)
         report(0.9, desc="Drawing")
         return run
+
+    def graph(
+        self, settings: Settings, max_nodes: int, progress: Callable[..., Any] | None = None
+    ) -> Graph:
+        """The request's graph of its `max_nodes` largest nodes, unpruned (cached)."""
+        report = progress or (lambda *args, **kwargs: None)
+        key = ("graph", settings, max_nodes)
+        graph = self.cache.get(key)
+        if graph is None:
+            report(0.05, desc=f"Loading {settings.model} and its SAEs")
+            load_and_check(settings, self.max_tokens)
+            report(0.3, desc=f"Computing the edges between {max_nodes} nodes")
+            graph = graph_on_gpu(settings, max_nodes)
+            self.cache.put(key, graph)
+        return graph
+
+    def verify(self, settings: Settings, k: int, progress: Callable[..., Any] | None = None):
+        """Real ablations of the request's top `k` nodes and whole layers (cached)."""
+        key = ("verify", settings, k)
+        check = self.cache.get(key)
+        if check is None:
+            result = self.obtain(settings, progress).trace
+            if progress is not None:
+                progress(0.6, desc=f"Ablating {k} nodes and {len(result.saes)} layers")
+            check = verify_on_gpu(result, k)
+            self.cache.put(key, check)
+        return check

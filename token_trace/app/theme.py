@@ -38,6 +38,7 @@ CSS = """
 .tt-warning { margin-top: 0.3rem; padding: 0.4rem 0.7rem; border-radius: 6px;
   background: #fff4e0; border: 1px solid #f0c36d; color: #5c4300; }
 .dark .tt-warning { background: #3a2f12; border-color: #7a5d1a; color: #f5dfa8; }
+.tt-hidden { display: none !important; }
 .tt-stale { color: var(--body-text-color-subdued); font-style: italic; }
 .tt-tokens { padding: 0.4rem 0.2rem; }
 .tt-row { display: flex; flex-wrap: wrap; gap: 4px 2px; align-items: flex-end; }
