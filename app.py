@@ -72,6 +72,16 @@ CLICK_JS = """
 """
 
 
+#: Turns the link's query into the full address, shows it and copies it to the clipboard.
+COPY_LINK_JS = """
+(query) => {
+  const url = window.location.origin + window.location.pathname + query;
+  if (navigator.clipboard) navigator.clipboard.writeText(url).catch(() => {});
+  return url;
+}
+"""
+
+
 def layer_choices(release: str) -> gr.CheckboxGroup:
     ids = release_sae_ids(release)
     return gr.CheckboxGroup(choices=ids, value=ids, label="SAEs to attribute to")
@@ -127,6 +137,14 @@ def build(page: Page) -> gr.Blocks:
                 with gr.Accordion("Layers (SAEs)", open=False):
                     layers = layer_choices(start)
                 run_button = gr.Button("Trace", variant="primary", elem_id="tt-run")
+                with gr.Row():
+                    link_button = gr.Button("Copy link", size="sm", elem_id="tt-copy-link")
+                    share = gr.Textbox(
+                        show_label=False,
+                        placeholder="a link to these settings appears here",
+                        elem_id="tt-share",
+                        scale=3,
+                    )
         example_fields = [text, release, answer, contrast, counterfactual]
         examples = gr.Dataset(
             components=example_fields,
@@ -217,7 +235,8 @@ def build(page: Page) -> gr.Blocks:
             # which then presses the hidden button.
             graph_click = gr.Textbox(elem_id="tt-graph-click", elem_classes="tt-hidden")
             graph_click_go = gr.Button(elem_id="tt-graph-click-go", elem_classes="tt-hidden")
-        state, graph_state = gr.State(), gr.State()
+        state, graph_state, selected = gr.State(), gr.State(), gr.State()
+        shared_layers, shared_node = gr.State(), gr.State()
 
         named = {
             "run": state, "summary": summary, "tokens": tokens, "predictions": predictions,
@@ -229,7 +248,8 @@ def build(page: Page) -> gr.Blocks:
             "hide_bos": hide_bos, "query": query, "graph_run": graph_state,
             "graph_plot": graph_plot, "graph_summary": graph_summary, "graph_file": graph_file,
             "verify_summary": verify_summary, "verify_scatter": verify_scatter,
-            "verify_layers": verify_layers,
+            "verify_layers": verify_layers, "layers": layers,
+            "ig_steps": ig_steps, "shared_node": shared_node, "shared": shared_layers,
         }  # fmt: skip
 
         def to_components(values: dict[str, Any]) -> dict[gr.components.Component, Any]:
@@ -294,11 +314,15 @@ def build(page: Page) -> gr.Blocks:
             **cheap,
         )
 
-        def select(run, features_only, hide_bos, query, event: gr.SelectData) -> str:
+        def select(run, features_only, hide_bos, query, event: gr.SelectData):
             index = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
-            return page.select(run, Filters(features_only, hide_bos, query), index, event.row_value)
+            chosen = Filters(features_only, hide_bos, query)
+            return selection(page.select(run, chosen, index, event.row_value))
 
-        table.select(select, [state, *filters], panel, **cheap)
+        def selection(values: dict[str, Any]) -> dict[gr.components.Component, Any]:
+            return {panel: values["panel"], selected: values["selected"]}
+
+        table.select(select, [state, *filters], [panel, selected], **cheap)
 
         def request(text, release, answer, contrast, method, ig_steps, counterfactual):
             return RequestFields(
@@ -326,7 +350,38 @@ def build(page: Page) -> gr.Blocks:
             [named[name] for name in GRAPH_OUTPUTS],
             **cheap,
         )
-        graph_click_go.click(page.graph_click, [graph_state, graph_click], panel, **cheap)
+        graph_click_go.click(
+            lambda run, node: selection(page.graph_click(run, node)),
+            [graph_state, graph_click],
+            [panel, selected],
+            **cheap,
+        )
+
+        # Shareable links: the settings (and the selected node) in the page's URL query.
+        def from_link(request: gr.Request):
+            values = page.from_link(dict(request.query_params))
+            values["shared"] = values.pop("layers", None) if values.pop("shared") else None
+            return to_components(values)
+
+        def run_shared(chosen_layers, *values, progress=gr.Progress()):  # noqa: B008
+            if chosen_layers is None:  # a plain visit: nothing to run
+                return [gr.skip()] * len(outputs)
+            text, release, _, *rest = values
+            return run(text, release, chosen_layers, *rest, progress=progress)
+
+        link_inputs = [text, release, answer, contrast, counterfactual, method, ig_steps]
+        link_outputs = [*link_inputs, layers, shared_layers, shared_node]
+        demo.load(user_errors(from_link), None, link_outputs, **PRIVATE).success(
+            user_errors(run_shared), [shared_layers, *inputs, *filters], outputs, **PRIVATE
+        ).success(page.open_node, [state, shared_node], panel, **PRIVATE)
+
+        def link(text, release, answer, contrast, method, ig_steps, counterfactual, chosen, node):
+            form = request(text, release, answer, contrast, method, ig_steps, counterfactual)
+            return page.link(form, chosen, node)
+
+        link_button.click(link, [*fields, layers, selected], share, **cheap).then(
+            None, share, share, js=COPY_LINK_JS, **cheap
+        )
 
         def check(*values, progress=gr.Progress()):  # noqa: B008
             *form, layers_chosen, k = values
@@ -357,6 +412,12 @@ def api(page: Page) -> None:
         "graph": (page.graph_json, dict, graph_options),
         "verify": (page.verify_json, dict, [parameter("top_k", float, DEFAULT_VERIFY_NODES)]),
     }
+    extra_help = {
+        "top_k": "How many nodes of largest |attribution| (0 for /attribute: every node).",
+        "max_nodes": "Nodes of largest |attribution| to compute edges between (1-1000).",
+        "node_threshold": "Keep the nodes carrying this share of the influence (0-1).",
+        "edge_threshold": "Keep the edges carrying this share of the influence (0-1).",
+    }
     for name, (handler, returns, extra) in endpoints.items():
         fn = endpoint(
             handler,
@@ -365,6 +426,7 @@ def api(page: Page) -> None:
             returns=returns,
             defaults=defaults,
             extra=extra,
+            extra_help=extra_help,
         )
         gr.api(user_errors(fn), api_name=name)
 
@@ -387,11 +449,12 @@ def create_app(offline: bool | None = None, max_tokens: int | None = None) -> gr
 
 
 def launch(demo: gr.Blocks, **options: Any) -> Any:
-    """`demo.launch` with the page's theme and CSS (Gradio 6 takes them at launch).
+    """`demo.launch` with the page's theme, CSS and script (Gradio 6 takes them at launch), and
+    the API endpoints also served as MCP tools (at /gradio_api/mcp/).
 
     Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, which Gradio reads itself.
     """
-    return demo.launch(theme=THEME, css=CSS, js=CLICK_JS, **options)
+    return demo.launch(theme=THEME, css=CSS, js=CLICK_JS, mcp_server=True, **options)
 
 
 if __name__ == "__main__":

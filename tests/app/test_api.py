@@ -412,3 +412,18 @@ def test_verify_endpoint_matches_the_library(served: Served) -> None:
     assert result["layers_with_wrong_sign"] == expected.layers_with_wrong_sign
     with pytest.raises(AppError, match="top_k must be a whole number"):
         served.client.predict(**request, top_k=0, api_name="/verify")
+
+
+def test_endpoints_are_mcp_tools_with_their_descriptions(served: Served) -> None:
+    schema = httpx.get(f"{served.url}gradio_api/mcp/schema", timeout=30).json()
+    tools = {tool["name"]: tool for tool in schema}
+    assert set(tools) == {"attribute", "summary", "graph", "verify"}
+    for tool in tools.values():
+        properties = tool["inputSchema"]["properties"]
+        assert "text" in properties and properties["text"]["description"]
+        assert tool["description"]
+    assert "Neuronpedia" in tools["graph"]["description"]
+    assert "max_nodes" in tools["graph"]["inputSchema"]["properties"]
+    assert (
+        "leading space" in tools["attribute"]["inputSchema"]["properties"]["answer"]["description"]
+    )

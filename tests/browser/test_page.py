@@ -39,7 +39,8 @@ def page(served: Served):
                 "--disable-sync",
             ],
         )
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        tab = context.new_page()
         tab.set_default_timeout(TIMEOUT_MS)
         tab.goto(served.url)
         tab.wait_for_selector("#tt-run")
@@ -176,3 +177,42 @@ def test_checking_with_real_ablations_shows_its_plot_and_numbers(page) -> None:
     assert "sign agreement" in summary and "Spearman" in summary
     page.locator("#tt-verify-summary").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "app-verify.png"), full_page=True)
+
+
+def test_a_copied_link_reproduces_the_run_in_a_fresh_page(page) -> None:
+    run_first_example(page)
+    page.get_by_label("Features only").check()
+    page.locator("#tt-table [role=gridcell]").filter(
+        has_text=re.compile(r"^\s*feature\s*$")
+    ).first.click()
+    page.wait_for_selector("#tt-panel .tt-card")
+    head = page.inner_text("#tt-panel .tt-node-head")
+    summary = page.inner_text("#tt-summary")
+    page.click("#tt-copy-link")
+    page.wait_for_function(
+        "() => document.querySelector('#tt-share textarea, #tt-share input').value"
+        ".startsWith('http')"
+    )
+    link = page.input_value("#tt-share textarea, #tt-share input")
+    assert "text=" in link and "node=" in link
+    fresh = page.context.new_page()
+    fresh.set_default_timeout(TIMEOUT_MS)
+    fresh.goto(link)
+    fresh.wait_for_selector("#tt-tokens .tt-target")
+    fresh.wait_for_selector("#tt-panel .tt-card")
+    assert fresh.input_value("#tt-prompt textarea") == demo_examples()[0]["text"]
+    assert fresh.inner_text("#tt-summary").split(" · ")[0] == summary.split(" · ")[0]
+    assert fresh.inner_text("#tt-panel .tt-node-head") == head
+    fresh.screenshot(path=str(ARTIFACTS / "app-from-link.png"), full_page=True)
+    fresh.close()
+
+
+def test_a_bad_link_gives_the_forms_message(page, served) -> None:
+    fresh = page.context.new_page()
+    fresh.set_default_timeout(TIMEOUT_MS)
+    fresh.goto(f"{served.url}?text=When+Mary+went&release=gpt2-xl-res")
+    toast = fresh.get_by_text("This app offers the SAE releases")
+    toast.first.wait_for()
+    fresh.goto(f"{served.url}?text=When+Mary+went&colour=red")
+    fresh.get_by_text("settings this app does not know").first.wait_for()
+    fresh.close()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
-from token_trace.app.requests import RequestFields
+from token_trace.app.requests import FIELD_HELP, RequestFields
 
 _HINTS = typing.get_type_hints(RequestFields)
 
@@ -27,10 +27,13 @@ def endpoint(
     returns: object,
     defaults: Mapping[str, object] | None = None,
     extra: Sequence[inspect.Parameter] = (),
+    extra_help: Mapping[str, str] | None = None,
 ) -> Callable[..., Any]:
     """A function `name(text, model, ..., *extra)` that calls `handler(RequestFields, **extra)`.
 
-    `defaults` overrides field defaults for this deployment (e.g. the offline model).
+    `defaults` overrides field defaults for this deployment (e.g. the offline model). The
+    docstring gets an `Args:` section (the request fields' `FIELD_HELP` and `extra_help`), which
+    Gradio shows in the API page and gives MCP clients as each tool's parameter descriptions.
     """
     defaults = dict(defaults or {})
     parameters = [
@@ -54,7 +57,9 @@ def endpoint(
         return handler(request, **values)
 
     call.__name__ = call.__qualname__ = name
-    call.__doc__ = doc
+    helps = {**FIELD_HELP, **(extra_help or {})}
+    args = "\n".join(f"    {p.name}: {helps.get(p.name, '')}" for p in parameters)
+    call.__doc__ = f"{inspect.cleandoc(doc)}\n\nArgs:\n{args}"
     call.__signature__ = signature  # type: ignore[attr-defined]
     call.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": returns}
     return call

@@ -21,6 +21,8 @@ from token_trace.app.requests import (
     Settings,
     load_examples,
     make_settings,
+    request_from_query,
+    share_query,
 )
 from token_trace.app.service import Run, Service
 from token_trace.demo import feature_card
@@ -160,12 +162,52 @@ class Page:
 
     def select(
         self, run: Run | None, filters: Filters, index: int | None, row: list | Mapping | None
-    ) -> str:
-        """The feature panel for a clicked row (found by its `node` id, whatever the sort)."""
+    ) -> dict[str, Any]:
+        """The feature panel for a clicked row (found by its `node` index, whatever the sort),
+        and the node's id (for shareable links)."""
         if run is None:
-            return render.PANEL_HINT
+            return {"panel": render.PANEL_HINT, "selected": None}
         node = render.node_from_row(row, index, self.table(run, filters))
-        return render.feature_panel_html(run.trace, node, card=feature_card, offline=self.offline)
+        panel = render.feature_panel_html(run.trace, node, card=feature_card, offline=self.offline)
+        selected = None
+        if node is not None and node in run.trace.nodes.index:
+            row_values = run.trace.nodes.loc[node]
+            selected = f"{row_values['layer']}_{row_values['feature']}_{row_values['position']}"
+        return {"panel": panel, "selected": selected}
+
+    def open_node(self, run: Run | None, node_id: str | None) -> str:
+        """The panel of a node given by id (a shared link's selection)."""
+        if run is None or not node_id:
+            return render.PANEL_HINT
+        return render.graph_node_panel_html(
+            run.trace, node_id, card=feature_card, offline=self.offline
+        )
+
+    @staticmethod
+    def from_link(params: Mapping[str, str]) -> dict[str, Any]:
+        """Input values from a shareable link's query (nothing for a plain visit)."""
+        shared = request_from_query(params)
+        if shared is None:
+            return {"shared_node": None, "shared": False}
+        request, node = shared
+        settings = make_settings(request)
+        return {
+            "text": request.text,
+            "release": settings.release,
+            "answer": request.answer,
+            "contrast": request.contrast,
+            "counterfactual": request.counterfactual,
+            "method": settings.method,
+            "ig_steps": settings.ig_steps,
+            "layers": list(settings.sae_ids),
+            "shared_node": node,
+            "shared": True,
+        }
+
+    @staticmethod
+    def link(request: RequestFields, layers: list[str] | None, node: str | None) -> str:
+        """The query string of a shareable link to this request and selection."""
+        return share_query(request, layers, node)
 
     def example(self, index: int) -> dict[str, Any]:
         """Example `index` as input values, with AtP and the filters at their defaults."""
@@ -210,13 +252,14 @@ class Page:
             "graph_file": str(exports.write_graph(graph_run.settings, graph, EXPORT_DIR)),
         }
 
-    def graph_click(self, graph_run: GraphRun | None, node_id: str) -> str:
-        """The feature panel for a clicked graph node."""
+    def graph_click(self, graph_run: GraphRun | None, node_id: str) -> dict[str, Any]:
+        """The feature panel for a clicked graph node, and its id (for shareable links)."""
         if graph_run is None or not node_id:
-            return render.PANEL_HINT
-        return render.graph_node_panel_html(
+            return {"panel": render.PANEL_HINT, "selected": None}
+        panel = render.graph_node_panel_html(
             graph_run.graph.trace, node_id, card=feature_card, offline=self.offline
         )
+        return {"panel": panel, "selected": node_id}
 
     def verify(
         self,

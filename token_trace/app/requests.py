@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -103,6 +104,19 @@ class RequestFields:
 
 
 REQUEST_FIELDS = tuple(f.name for f in fields(RequestFields))
+
+#: What each request field means, for API and MCP tool descriptions.
+FIELD_HELP = {
+    "text": "The prompt to attribute.",
+    "model": "Model name (gpt2-small, pythia-70m-deduped, or the offline ioi-demo).",
+    "release": "SAE release; empty picks the model's first preset.",
+    "layers": "Comma-separated SAE ids of the release to use; empty uses all.",
+    "answer": "Score log p(answer | prompt); a leading space is part of the token (' Mary').",
+    "contrast": "With answer, score logit(answer) - logit(contrast); one token each.",
+    "method": "'atp' (attribution patching) or 'ig' (integrated gradients).",
+    "ig_steps": "Integrated-gradient steps (1-64), used only with method 'ig'.",
+    "counterfactual": "A prompt of the same token length; nodes are patched to their value on it.",
+}
 
 
 @dataclass(frozen=True)
@@ -223,6 +237,60 @@ def make_settings(request: RequestFields, layers: str | Sequence[str] | None = N
         ig_steps=_ig_steps(method, request.ig_steps),
         counterfactual=_optional_prompt(request.counterfactual),
     )
+
+
+# --------------------------------------------------------------------------- shareable links
+
+#: Query parameters of a shareable link: every request field, and the selected node's id.
+NODE_PARAMETER = "node"
+
+
+def share_query(request: RequestFields, layers: Sequence[str] | None, node: str | None) -> str:
+    """The query string (`?text=...`) that reopens this request, with its selected node.
+
+    Fields left at their defaults are omitted, and so are the layers when all are chosen.
+    """
+    defaults = RequestFields(text="")
+    values = {
+        name: getattr(request, name)
+        for name in REQUEST_FIELDS
+        if getattr(request, name) not in ("", None, getattr(defaults, name))
+    }
+    values.pop("layers", None)
+    release = request.release or (PRESETS[0].release if not request.model else "")
+    if layers and release and list(layers) != loading.release_sae_ids(release):
+        values["layers"] = ",".join(layers)
+    if "ig_steps" in values:
+        values["ig_steps"] = int(values["ig_steps"])
+    if node:
+        values[NODE_PARAMETER] = node
+    return "?" + urllib.parse.urlencode(values) if values else ""
+
+
+def request_from_query(params: Mapping[str, str]) -> tuple[RequestFields, str | None] | None:
+    """The request a shareable link holds, and its selected node; None for a link without one.
+
+    Unknown parameters and bad values are errors with the form's own messages.
+    """
+    if not params:
+        return None
+    unknown = sorted(set(params) - {*REQUEST_FIELDS, NODE_PARAMETER})
+    if unknown:
+        raise ValueError(
+            f"The link has settings this app does not know: {', '.join(map(repr, unknown))}; "
+            f"it knows {', '.join((*REQUEST_FIELDS, NODE_PARAMETER))}."
+        )
+    values: dict[str, object] = {name: params[name] for name in REQUEST_FIELDS if name in params}
+    if "ig_steps" in values:
+        try:
+            values["ig_steps"] = float(values["ig_steps"])
+        except ValueError as error:
+            raise ValueError(
+                f"ig_steps in the link must be a number, not {params['ig_steps']!r}."
+            ) from error
+    request = RequestFields(**{"text": "", **values})
+    make_settings(request)  # the form's checks and messages
+    return request, params.get(NODE_PARAMETER) or None
 
 
 # --------------------------------------------------------------------------- examples
