@@ -450,7 +450,7 @@ def create_app(offline: bool | None = None, max_tokens: int | None = None) -> gr
 
 def launch(demo: gr.Blocks, **options: Any) -> Any:
     """`demo.launch` with the page's theme, CSS and script (Gradio 6 takes them at launch), and
-    the API endpoints also served as MCP tools (at /gradio_api/mcp/).
+    the API endpoints also served as MCP tools (at /gradio_api/mcp).
 
     Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, which Gradio reads itself.
     """
