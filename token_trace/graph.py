@@ -39,10 +39,11 @@ import pandas as pd
 import torch
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
+from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
 
 from token_trace.attribution import AttributionRun, Batch, capture_pass
 from token_trace.hook_names import residual_depth
-from token_trace.hooks import model_lock
+from token_trace.hooks import hooked, model_lock
 from token_trace.nodes import COLUMNS
 from token_trace.pipeline import SAEArgument, resolve, traces_and_run
 from token_trace.prompts import TextOrTokens
@@ -438,9 +439,11 @@ def _pull_back(
         for chunk in order.split(SEED_BATCH):
             length = int(seed_position[chunk].max()) + 1
             x_in = upstream_act[:length].detach().unsqueeze(0).requires_grad_(True)
-            out = x_in
-            for block in blocks:
-                out = block(out)
+            rows = torch.unique(seed_position[chunk])
+            with hooked(model, _mlp_at_rows_only(model, start_depth, end_depth, rows, length)):
+                out = x_in
+                for block in blocks:
+                    out = block(out)
             grad_out = out.new_zeros((len(chunk), *out.shape))
             rows = torch.arange(len(chunk), device=out.device)
             grad_out[rows, 0, seed_position[chunk]] = seeds[chunk].to(out.dtype)
@@ -457,6 +460,53 @@ def _pull_back(
             products = torch.einsum("ktd,nd->ktn", pulled, upstream_directions)
             weights[chunk] = products[:, at, columns] * reachable
     return weights
+
+
+def _mlp_at_rows_only(
+    model: HookedTransformer, start_depth: int, end_depth: int, rows: torch.Tensor, length: int
+) -> list[tuple[str, Any]]:
+    """Hooks that keep the autograd graph of the last block's MLP at the seed positions only.
+
+    A seed at position t enters the last block's output at t alone, and that block's MLP acts on
+    each position separately, so the MLP's backward at any other position only multiplies zeros;
+    yet the batched backward would run its products over every position (about three quarters of
+    a GPT-2 block's work). The hooks run the MLP over all positions without a graph and recompute
+    it, with one, at `rows`. Exact: the gradients are the same. Only for pre-norm blocks with a
+    separate MLP (not parallel attention, not post-norm), and when the rows are not all positions.
+    """
+    block = model.blocks[end_depth - 1] if end_depth > start_depth else None
+    name = f"blocks.{end_depth - 1}"
+    cfg = model.cfg
+    if (
+        block is None
+        or cfg.attn_only
+        or cfg.parallel_attn_mlp
+        or f"{name}.ln2.hook_normalized" not in model.hook_dict
+        or cfg.original_architecture in POST_NORM_ARCHITECTURES
+        or len(rows) >= length
+    ):
+        return []
+    stash: dict[str, torch.Tensor] = {}
+
+    def keep_mid(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        stash["mid"] = act
+        return act
+
+    def without_graph(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        # The full pass (every position) runs without a graph; the recomputation at `rows` keeps it.
+        return act.detach() if act.shape[1] == length else act
+
+    def rows_with_graph(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        if act.shape[1] != length:  # the recomputation's own pass through this hook
+            return act
+        recomputed = block.apply_mlp(block.ln2(stash["mid"][:, rows]))
+        return act.detach().index_copy(1, rows, recomputed.to(act.dtype))
+
+    return [
+        (f"{name}.hook_resid_mid", keep_mid),
+        (f"{name}.ln2.hook_normalized", without_graph),
+        (f"{name}.hook_mlp_out", rows_with_graph),
+    ]
 
 
 # --------------------------------------------------------------------------- influence, pruning
