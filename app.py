@@ -263,24 +263,25 @@ def build(page: Page) -> gr.Blocks:
         outputs = [named[name] for name in OUTPUTS]
         filters = [features_only, hide_bos, query]
 
+        def request(text, release, answer, contrast, method="atp", ig_steps=10, counterfactual=""):
+            """The form's fields as a request (the layers travel apart: checkboxes, not text)."""
+            return RequestFields(
+                text=text, release=release, answer=answer, contrast=contrast, method=method,
+                ig_steps=ig_steps, counterfactual=counterfactual,
+            )  # fmt: skip
+
         def run(
             text, release, layers, answer, contrast, method, ig_steps, counterfactual,
             features_only, hide_bos, query, progress=gr.Progress(),  # noqa: B008
         ):  # fmt: skip
-            request = RequestFields(
-                text=text, release=release, answer=answer, contrast=contrast, method=method,
-                ig_steps=ig_steps, counterfactual=counterfactual,
-            )  # fmt: skip
+            form = request(text, release, answer, contrast, method, ig_steps, counterfactual)
             filters = Filters(features_only, hide_bos, query)
-            return to_components(page.run(request, layers, filters, progress))
+            return to_components(page.run(form, layers, filters, progress))
 
         def run_example(text, release, answer, contrast, counterfactual, progress=gr.Progress()):  # noqa: B008
             # All of the preset's layers: the layer boxes may still be catching up with it.
-            request = RequestFields(
-                text=text, release=release, answer=answer, contrast=contrast,
-                counterfactual=counterfactual,
-            )  # fmt: skip
-            return to_components(page.run(request, None, Filters(), progress))
+            form = request(text, release, answer, contrast, counterfactual=counterfactual)
+            return to_components(page.run(form, None, Filters(), progress))
 
         inputs = [text, release, layers, answer, contrast, method, ig_steps, counterfactual]
         for trigger in (run_button.click, text.submit):
@@ -324,12 +325,6 @@ def build(page: Page) -> gr.Blocks:
 
         table.select(select, [state, *filters], [panel, selected], **cheap)
 
-        def request(text, release, answer, contrast, method, ig_steps, counterfactual):
-            return RequestFields(
-                text=text, release=release, answer=answer, contrast=contrast, method=method,
-                ig_steps=ig_steps, counterfactual=counterfactual,
-            )  # fmt: skip
-
         fields = [text, release, answer, contrast, method, ig_steps, counterfactual]
         choice = [node_threshold, edge_threshold, show_errors]
 
@@ -358,8 +353,8 @@ def build(page: Page) -> gr.Blocks:
         )
 
         # Shareable links: the settings (and the selected node) in the page's URL query.
-        def from_link(request: gr.Request):
-            values = page.from_link(dict(request.query_params))
+        def from_link(http: gr.Request):
+            values = page.from_link(dict(http.query_params))
             values["shared"] = values.pop("layers", None) if values.pop("shared") else None
             return to_components(values)
 
