@@ -50,6 +50,8 @@ from token_trace.prompts import TextOrTokens
 from token_trace.records import Trace
 from token_trace.replay import model_and_saes, replay
 
+#: SAE architectures whose features are linear in the input where they fire (SAELens names).
+LINEAR_WHERE_ACTIVE = frozenset({"standard", "topk", "jumprelu", "batchtopk"})
 #: Seeds (downstream nodes) per batched backward: bounds memory at `SEED_BATCH x T x d_model`.
 SEED_BATCH = 64
 NODE_TYPES = ["embedding", "feature", "error", "metric"]
@@ -215,6 +217,10 @@ def graph_from_trace(
             )
 
     candidates = _candidate_nodes(result, max_nodes)
+    features = result.nodes[result.nodes["node_type"] == "feature"]
+    tables = {name: rows for name, rows in features.groupby("hook_name", observed=True)}
+    empty = features.iloc[:0]
+    tables = {record.hook_name: tables.get(record.hook_name, empty) for record in layers}
     groups = [candidates.index[candidates["hook_name"] == record.hook_name] for record in layers]
     edges = []
     # The layer below the first SAE: the token embeddings entering block 0.
@@ -228,10 +234,10 @@ def graph_from_trace(
         g = clean.grads[record.hook_name][0].flatten(1)
         x_base = None if base is None else base.acts[record.hook_name][0].flatten(1)
         nodes = candidates.loc[rows]
+        active = tables[record.hook_name]
         position = torch.as_tensor(nodes["position"].to_numpy(copy=True), device=x.device)
-        feature = torch.as_tensor(nodes["feature"].to_numpy(copy=True), device=x.device)
         if len(nodes):
-            seeds = _seeds(sae, x, g, position, feature)
+            seeds = _seeds(sae, x, g, nodes, active)
             weights = _pull_back(
                 model,
                 upstream_act,
@@ -252,7 +258,7 @@ def graph_from_trace(
                     }
                 )
             )
-        upstream = _node_directions(sae, x, x_base, nodes)
+        upstream = _node_directions(sae, x, x_base, nodes, active)
         upstream_ids, upstream_pos = nodes["node_id"].to_numpy(), position.cpu().numpy()
         upstream_act = clean.acts[record.hook_name][0]
         upstream_depth = residual_depth(record.hook_name)
@@ -364,35 +370,89 @@ def _embedding_directions(clean, base) -> torch.Tensor:
 
 @torch.no_grad()
 def _node_directions(
-    sae: SAE, x: torch.Tensor, x_base: torch.Tensor | None, nodes: pd.DataFrame
+    sae: SAE,
+    x: torch.Tensor,
+    x_base: torch.Tensor | None,
+    nodes: pd.DataFrame,
+    active: pd.DataFrame,
 ) -> torch.Tensor:
-    """Each node's `delta`: `(f_i - f_i') d_i` for a feature (its values from the trace's table),
-    `e_s - e_s'` for an error (encoding only the rows of the error nodes' positions)."""
+    """Each node's `delta`: `(f_i - f_i') d_i` for a feature, `e_s - e_s'` for an error.
+
+    Both from the trace's own values: an error's delta is the activation's change minus its
+    features' (`e = x - f W_dec - b_dec`, so `e - e' = (x - x') - (f - f') W_dec`), with no encode.
+    """
     dtype = torch.promote_types(x.dtype, torch.float32)
-    decoder, b_dec = sae.W_dec.to(dtype), sae.b_dec.to(dtype)
+    decoder = sae.W_dec.to(dtype)
     feature = torch.as_tensor(nodes["feature"].to_numpy(copy=True), device=x.device)
     position = torch.as_tensor(nodes["position"].to_numpy(copy=True), device=x.device)
     change = nodes["activation"].to_numpy() - nodes["baseline_activation"].to_numpy()
     change = torch.as_tensor(change, device=x.device, dtype=dtype).unsqueeze(1)
-    is_error = feature < 0
     directions = change * decoder[feature.clamp_min(0)]
-
-    def error(rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.to(dtype)
-        return rows - (sae.encode(rows.to(sae.dtype)).to(dtype) @ decoder + b_dec)
-
-    at = position[is_error]
-    errors = error(x[at])
-    if x_base is not None:
-        errors = errors - error(x_base[at])
-    directions[is_error] = errors
+    is_error = feature < 0
+    if is_error.any():
+        features_change = active["activation"].to_numpy() - active["baseline_activation"].to_numpy()
+        explained = torch.zeros_like(x, dtype=dtype).index_add_(
+            0,
+            torch.as_tensor(active["position"].to_numpy(copy=True), device=x.device),
+            torch.as_tensor(features_change, device=x.device, dtype=dtype).unsqueeze(1)
+            * decoder[torch.as_tensor(active["feature"].to_numpy(copy=True), device=x.device)],
+        )
+        reference = sae.b_dec.to(dtype) if x_base is None else x_base.to(dtype)
+        errors = x.to(dtype) - reference - explained
+        directions[is_error] = errors[position[is_error]]
     return directions
 
 
 def _seeds(
+    sae: SAE, x: torch.Tensor, g: torch.Tensor, nodes: pd.DataFrame, active: pd.DataFrame
+) -> torch.Tensor:
+    """Each downstream node's seed `v` at its own position (see the module docstring).
+
+    For SAEs whose active features are linear in the input where they fire (ReLU, TopK,
+    JumpReLU: `df_j/dx = W_enc[:, j]` for an active j, 0 otherwise), the seeds are written from
+    the encoder's columns and the trace's own active features and gradients, with no pass over
+    the SAE's full width; other architectures go through autograd on `sae.encode`.
+    """
+    position = torch.as_tensor(nodes["position"].to_numpy(copy=True), device=x.device)
+    feature = torch.as_tensor(nodes["feature"].to_numpy(copy=True), device=x.device)
+    if sae.cfg.architecture() not in LINEAR_WHERE_ACTIVE:
+        return _seeds_by_autograd(sae, x, g, position, feature)
+    with torch.no_grad():
+        return _linear_seeds(sae, g, nodes, active, position, feature)
+
+
+def _linear_seeds(
+    sae: SAE,
+    g: torch.Tensor,
+    nodes: pd.DataFrame,
+    active: pd.DataFrame,
+    position: torch.Tensor,
+    feature: torch.Tensor,
+) -> torch.Tensor:
+    """`_seeds` for SAEs in `LINEAR_WHERE_ACTIVE`, from encoder columns."""
+    dtype = torch.promote_types(g.dtype, torch.float32)
+    grad_rows = g[position].to(dtype)
+    is_feature = feature >= 0
+    index = feature.clamp_min(0)
+    fires = torch.as_tensor(nodes["activation"].to_numpy(copy=True) > 0, device=g.device)
+    coefficient = (sae.W_dec.to(dtype)[index] * grad_rows).sum(1, keepdim=True)
+    feature_seeds = coefficient * fires.unsqueeze(1) * sae.W_enc.T[index].to(dtype)
+    # J_xhat^T g at each position: sum over the features firing there of W_enc[:, j] (d_j . g).
+    on = active[active["activation"] > 0]
+    columns = torch.as_tensor(on["feature"].to_numpy(copy=True), device=g.device)
+    at = torch.as_tensor(on["position"].to_numpy(copy=True), device=g.device)
+    weights = torch.as_tensor(on["gradient"].to_numpy(copy=True), device=g.device, dtype=dtype)
+    pulled = torch.zeros_like(g, dtype=dtype).index_add_(
+        0, at, sae.W_enc.T[columns].to(dtype) * weights.unsqueeze(1)
+    )
+    error_seeds = grad_rows - pulled[position]
+    return torch.where(is_feature.unsqueeze(1), feature_seeds, error_seeds)
+
+
+def _seeds_by_autograd(
     sae: SAE, x: torch.Tensor, g: torch.Tensor, position: torch.Tensor, feature: torch.Tensor
 ) -> torch.Tensor:
-    """Each downstream node's seed `v` at its own position (see the module docstring)."""
+    """`_seeds` for any SAE: the encoder's local derivative by autograd through `sae.encode`."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     rows = x[position].to(dtype).detach().requires_grad_(True)
     grad_rows = g[position].to(dtype)

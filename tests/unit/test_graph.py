@@ -13,6 +13,7 @@ import torch
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
 from tests.helpers import PROMPT, TINY_HOOKS, downstream_contributions, random_sae
+from token_trace import graph as graph_module
 from token_trace import trace
 from token_trace.graph import compute_graph, graph_from_trace, node_ids
 from token_trace.hook_names import residual_depth
@@ -334,3 +335,16 @@ def test_compute_graph_reuses_its_run_and_equals_a_graph_of_the_trace(model, sae
         graph.candidate_edges, again.candidate_edges, check_exact=False, rtol=1e-5, atol=1e-7
     )
     assert list(graph.nodes["node_id"]) == list(again.nodes["node_id"])
+
+
+def test_encoder_columns_and_autograd_give_the_same_seeds(model, saes, monkeypatch):
+    """The seeds written from encoder columns (ReLU/TopK/JumpReLU SAEs) equal the ones autograd
+    finds through `sae.encode`, the path every other architecture takes."""
+    result = trace(PROMPT, model, saes, baseline_text=COUNTERFACTUAL)
+    by_columns = graph_from_trace(result, model=model, saes=saes, max_nodes=80)
+    monkeypatch.setattr(graph_module, "LINEAR_WHERE_ACTIVE", frozenset())
+    by_autograd = graph_from_trace(result, model=model, saes=saes, max_nodes=80)
+    pd.testing.assert_frame_equal(
+        by_columns.candidate_edges, by_autograd.candidate_edges, check_exact=False, rtol=1e-4,
+        atol=1e-6,
+    )  # fmt: skip
