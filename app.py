@@ -38,9 +38,9 @@ from token_trace.app.requests import (
     default_release,
     max_tokens_from_env,
 )
-from token_trace.app.service import Service, go_offline, hub_reachable, preload, user_errors
+from token_trace.app.service import Service, preload, user_errors
 from token_trace.app.theme import CSS
-from token_trace.loading import BUNDLED_MODEL, release_sae_ids
+from token_trace.loading import BUNDLED_MODEL, go_offline, hub_reachable, release_sae_ids
 
 logger = logging.getLogger("token_trace.app")
 

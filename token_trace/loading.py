@@ -13,6 +13,7 @@ import difflib
 import functools
 import os
 import threading
+import urllib.request
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from transformer_lens.loading_from_pretrained import get_official_model_name
 from token_trace import demo
 
 DEFAULT_MODEL = "gpt2-small"
+HUB_URL = "https://huggingface.co"
 
 #: The model (and SAE release) that ships inside the package and needs no network.
 BUNDLED_MODEL = "ioi-demo"
@@ -90,6 +92,67 @@ class SAESpec:
 
     release: str
     sae_id: str
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers within `timeout` seconds (False when HF_HUB_OFFLINE).
+
+    The request runs in a daemon thread because a DNS lookup does not honour urllib's timeout.
+    """
+    import huggingface_hub.constants
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get(
+        "HF_HUB_OFFLINE", ""
+    ).strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = os.environ.get("HF_ENDPOINT", HUB_URL)
+    answered, finished = threading.Event(), threading.Event()
+
+    def probe() -> None:
+        try:
+            request = urllib.request.Request(url, method="HEAD")
+            with urllib.request.urlopen(request, timeout=timeout):
+                answered.set()
+        except OSError:
+            pass
+        finally:
+            finished.set()
+
+    threading.Thread(target=probe, daemon=True).start()
+    finished.wait(timeout)  # a refused or unresolvable host answers at once
+    return answered.is_set()
+
+
+def go_offline() -> None:
+    """Make every later hub access use the local cache or fail at once, instead of retrying.
+
+    huggingface_hub reads HF_HUB_OFFLINE at import time, so the flag is also set on its
+    constants; without it a model that is not cached takes about 30 s of retries to fail.
+    """
+    import huggingface_hub.constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_online() -> bool:
+    """Probe the hub once per process before the first download; when it cannot be reached,
+    switch huggingface_hub to offline mode (as HF_HUB_OFFLINE=1 does): cached files still load,
+    others fail in a moment with a clear message instead of half a minute of retries."""
+    online = hub_reachable()
+    if not online:
+        go_offline()
+    return online
+
+
+def _offline_hint(what: str) -> str:
+    if _hub_online():
+        return ""
+    return (
+        f" The Hugging Face hub cannot be reached (or HF_HUB_OFFLINE is set), and {what} is not "
+        "in the local Hugging Face cache."
+    )
 
 
 def default_device() -> str:
@@ -174,13 +237,14 @@ def _load_model_cached(
 ) -> HookedTransformer:
     if is_bundled(canonical):
         return BUNDLED[canonical].load_model(device)
+    _hub_online()
     try:
         model = HookedTransformer.from_pretrained(canonical, device=device, **dict(kwargs))
     except Exception as err:  # the hub raises many types; all mean the same to a user
         raise LoadError(
-            f"Could not load model {canonical!r} from the Hugging Face hub "
-            f"({type(err).__name__}: {err}). Offline, use the bundled model {BUNDLED_MODEL!r}, "
-            "which ships with token-trace."
+            f"Could not load model {canonical!r}.{_offline_hint('it')} "
+            f"({type(err).__name__}: {_first_line(err)}) Offline, use the bundled model "
+            f"{BUNDLED_MODEL!r}, which ships with token-trace."
         ) from err
     return model.eval()
 
@@ -258,12 +322,14 @@ def _load_sae_cached(release: str, sae_id: str, device: str, dtype: str) -> SAE:
     bundle = BUNDLED.get(release)
     if bundle is not None:
         return _bundled_saes(release, device, dtype)[sae_id]
+    _hub_online()
     try:
         sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
     except Exception as err:
         raise LoadError(
-            f"Could not load SAE {sae_id!r} of release {release!r} ({type(err).__name__}: {err}). "
-            f"Offline, use the bundled model {BUNDLED_MODEL!r}, which ships with its own SAEs."
+            f"Could not load SAE {sae_id!r} of release {release!r}.{_offline_hint('it')} "
+            f"({type(err).__name__}: {_first_line(err)}) Offline, use the bundled model "
+            f"{BUNDLED_MODEL!r}, which ships with its own SAEs."
         ) from err
     return sae.eval()
 
@@ -271,6 +337,10 @@ def _load_sae_cached(release: str, sae_id: str, device: str, dtype: str) -> SAE:
 @functools.lru_cache(maxsize=2)
 def _bundled_saes(release: str, device: str, dtype: str) -> dict[str, SAE]:
     return BUNDLED[release].load_saes(device, dtype)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
 
 
 def check_saes_fit_model(saes: Mapping[str, SAE], model: HookedTransformer) -> None:

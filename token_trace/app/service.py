@@ -12,10 +12,8 @@ from __future__ import annotations
 import functools
 import html
 import logging
-import os
 import threading
 import time
-import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -34,47 +32,6 @@ from token_trace.pipeline import resolve, trace
 from token_trace.records import Trace
 
 logger = logging.getLogger("token_trace.app")
-HUB_URL = "https://huggingface.co"
-
-# --------------------------------------------------------------------------- the hub
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers within `timeout` seconds (False when HF_HUB_OFFLINE).
-
-    Asked once at startup so that an offline `python app.py` opens on the bundled model instead of
-    failing on its first request. The request runs in a daemon thread because a DNS lookup does not
-    honour urllib's timeout.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    url = os.environ.get("HF_ENDPOINT", HUB_URL)
-    answered = threading.Event()
-
-    def probe() -> None:
-        try:
-            request = urllib.request.Request(url, method="HEAD")
-            with urllib.request.urlopen(request, timeout=timeout):
-                answered.set()
-        except OSError:
-            pass
-
-    threading.Thread(target=probe, daemon=True).start()
-    return answered.wait(timeout)
-
-
-def go_offline() -> None:
-    """Make every later hub access fail at once (or use the local cache) instead of retrying.
-
-    huggingface_hub reads HF_HUB_OFFLINE at import time, which is before the app can probe the
-    hub, so the flag is also set on its constants; without it a model that is not cached takes
-    about 30 s of retries to fail.
-    """
-    import huggingface_hub.constants
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
-
 
 # --------------------------------------------------------------------------- loading
 
