@@ -105,3 +105,18 @@ def test_exports_reproduce_the_run(tmp_path: Path) -> None:
     again = trace(**meta["library_call"], device="cpu")
     assert again == result
     assert meta["run"]["metric"]["value"] == result.metric.value
+
+
+def test_export_folders_are_bounded(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(exports, "MAX_EXPORT_FOLDERS", 3)
+    result = demo_trace()
+    example = demo_examples()[0]
+    kept = []
+    for index in range(5):
+        settings = make_settings(
+            RequestFields(f"{example['text']} {index}", model="ioi-demo", answer=example["answer"])
+        )
+        kept.append(exports.write_exports(settings, result, tmp_path)["csv"].parent)
+    folders = sorted(path.name for path in tmp_path.iterdir())
+    assert len(folders) == 3
+    assert folders == sorted(path.name for path in kept[-3:])  # the most recent stay

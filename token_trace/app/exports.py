@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +37,27 @@ def summary(result: Trace) -> dict[str, object]:
     }
 
 
+#: Request folders kept in the export directory; older ones are removed (bounded disk use on a
+#: long-running Space). A download link stays valid while its folder is among the newest.
+MAX_EXPORT_FOLDERS = 64
+
+
+def request_folder(directory: Path, settings: Settings) -> Path:
+    """The request's export folder, marked as just used; the least recently used folders beyond
+    `MAX_EXPORT_FOLDERS` are deleted."""
+    folder = directory / settings.key()
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.touch()  # its modification time says when it was last used
+    folders = sorted(
+        (path for path in directory.iterdir() if path.is_dir()),
+        key=lambda path: path.stat().st_mtime,
+        reverse=True,
+    )
+    for stale in folders[MAX_EXPORT_FOLDERS:]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return folder
+
+
 def write_exports(settings: Settings, result: Trace, directory: Path) -> dict[str, Path]:
     """The node table as CSV and Parquet, the whole trace (Parquet, `Trace.load` reads it), and
     the settings + library call as JSON.
@@ -43,8 +65,7 @@ def write_exports(settings: Settings, result: Trace, directory: Path) -> dict[st
     Files go to `directory/<settings key>/` and are written once per request (results are
     deterministic), each through a temporary file so a concurrent reader never sees half a file.
     """
-    folder = directory / settings.key()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = request_folder(directory, settings)
     meta = {
         "settings": asdict(settings),
         "library_call": {k: v for k, v in settings.library_kwargs().items() if v is not None},
@@ -74,8 +95,7 @@ def write_exports(settings: Settings, result: Trace, directory: Path) -> dict[st
 
 def write_graph(settings: Settings, graph: Graph, directory: Path) -> Path:
     """The pruned graph as Neuronpedia JSON, once per request and thresholds (atomic write)."""
-    folder = directory / settings.key()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = request_folder(directory, settings)
     name = f"token-trace-graph-{graph.max_nodes}-{graph.node_threshold}-{graph.edge_threshold}"
     path = folder / f"{name.replace('.', 'p')}.json"
     if not path.exists():
