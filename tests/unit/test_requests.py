@@ -12,6 +12,8 @@ from token_trace.app.requests import (
     PRESETS,
     REQUEST_FIELDS,
     RequestFields,
+    default_model,
+    default_release,
     load_examples,
     make_settings,
 )
@@ -71,3 +73,15 @@ def test_endpoint_signature_is_the_request_fields_plus_extras():
     assert fn.__annotations__["ig_steps"] is float
     fn(TEXT, top_k=5)
     assert seen == {"request": RequestFields(TEXT, model="ioi-demo"), "top_k": 5}
+
+
+def test_the_opening_preset_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("TOKEN_TRACE_PRESET", raising=False)
+    assert default_release(offline=False) == PRESETS[0].release
+    monkeypatch.setenv("TOKEN_TRACE_PRESET", "pythia-70m-deduped-res-sm")
+    assert default_release(offline=False) == "pythia-70m-deduped-res-sm"
+    assert default_model(offline=False) == "pythia-70m-deduped"
+    assert default_release(offline=True) == "ioi-demo"
+    monkeypatch.setenv("TOKEN_TRACE_PRESET", "gpt2-xl")
+    with pytest.raises(ValueError, match="TOKEN_TRACE_PRESET='gpt2-xl' is not a preset"):
+        default_release(offline=False)

@@ -63,9 +63,24 @@ PRESETS: tuple[Preset, ...] = (
 PRESETS_BY_RELEASE = {preset.release: preset for preset in PRESETS}
 
 
+#: Environment variable: the preset a deployment opens on (and, on a Space, loads at startup).
+PRESET_ENV = "TOKEN_TRACE_PRESET"
+
+
 def default_release(offline: bool) -> str:
-    """The preset selected when the page opens: the bundled model when the hub is out of reach."""
-    return loading.BUNDLED_MODEL if offline else PRESETS[0].release
+    """The preset selected when the page opens: `TOKEN_TRACE_PRESET` when set, else the first
+    preset; the bundled model when the hub is out of reach."""
+    if offline:
+        return loading.BUNDLED_MODEL
+    chosen = os.environ.get(PRESET_ENV, "").strip()
+    if not chosen:
+        return PRESETS[0].release
+    if chosen not in PRESETS_BY_RELEASE:
+        raise ValueError(
+            f"{PRESET_ENV}={chosen!r} is not a preset of this app; use one of "
+            f"{', '.join(PRESETS_BY_RELEASE)}."
+        )
+    return chosen
 
 
 def default_model(offline: bool) -> str:
