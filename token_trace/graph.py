@@ -42,7 +42,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
 
 from token_trace.attribution import AttributionRun, Batch, capture_pass
-from token_trace.hook_names import residual_depth
+from token_trace.hook_names import is_residual, residual_depth
 from token_trace.hooks import hooked, model_lock
 from token_trace.nodes import COLUMNS
 from token_trace.pipeline import SAEArgument, resolve, traces_and_run
@@ -201,12 +201,12 @@ def graph_from_trace(
             raise ValueError(f"{name} must lie between 0 and 1 (or be None), got {value}.")
     model, saes = model_and_saes(result, model, saes, device)
     layers = _ordered_hooks(result)
-    inputs = replay(result, model)
-    batch = Batch.of([inputs.tokens], [inputs.metric])
     hook_names = [record.hook_name for record in layers]
     if run is not None:
         clean, base = run.clean, run.baseline
     else:
+        inputs = replay(result, model)
+        batch = Batch.of([inputs.tokens], [inputs.metric])
         clean = capture_pass(
             model, batch, batch.tokens, hook_names, with_grads=True, input_blocks={0}
         )
@@ -294,7 +294,7 @@ def graph_from_trace(
 def _ordered_hooks(result: Trace) -> list:
     """The trace's SAE records by residual depth; graphs need residual hooks at distinct depths."""
     for record in result.saes:
-        if not re.fullmatch(r"blocks\.\d+\.hook_resid_(pre|post)", record.hook_name):
+        if not is_residual(record.hook_name):
             raise ValueError(
                 f"Graphs need SAEs on the residual stream; {record.hook_name!r} is not a "
                 "blocks.L.hook_resid_pre/post hook (only those are complete cuts of the model)."

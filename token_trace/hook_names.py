@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_RESIDUAL = re.compile(r"^blocks\.\d+\.hook_resid_(pre|post)$")
 
 
 def resid_pre(layer: int) -> str:
@@ -27,6 +28,11 @@ def residual_hooks(n_layers: int) -> list[str]:
     """Every residual hook of an `n_layers` model in depth order: each block's input, then the
     last block's output (the layout of GPT-2 small's `res-jb` SAEs and the bundled model's)."""
     return [resid_pre(layer) for layer in range(n_layers)] + [resid_post(n_layers - 1)]
+
+
+def is_residual(hook_name: str) -> bool:
+    """Whether a hook reads the residual stream between blocks (a complete cut of the model)."""
+    return _RESIDUAL.match(hook_name) is not None
 
 
 def block_index(hook_name: str) -> int | None:

@@ -26,7 +26,7 @@ from token_trace.app.requests import (
 )
 from token_trace.app.service import Run, Service
 from token_trace.demo import feature_card
-from token_trace.graph import Graph
+from token_trace.graph import Graph, node_ids
 
 EXPORT_DIR = Path(tempfile.gettempdir()) / "token-trace-exports"
 
@@ -171,8 +171,8 @@ class Page:
         panel = render.feature_panel_html(run.trace, node, card=feature_card, offline=self.offline)
         selected = None
         if node is not None and node in run.trace.nodes.index:
-            row_values = run.trace.nodes.loc[node]
-            selected = f"{row_values['layer']}_{row_values['feature']}_{row_values['position']}"
+            chosen = run.trace.nodes.loc[[node]]
+            selected = str(node_ids(chosen["layer"], chosen["feature"], chosen["position"])[0])
         return {"panel": panel, "selected": selected}
 
     def open_node(self, run: Run | None, node_id: str | None) -> str:
