@@ -361,3 +361,58 @@ def check_saes_fit_model(saes: Mapping[str, SAE], model: HookedTransformer) -> N
                 "reconstruction is features @ W_dec + b_dec: fold the norms first "
                 "(sae.fold_W_dec_norm())."
             )
+
+
+# --------------------------------------------------------------------------- the local cache
+
+#: What TransformerLens's `from_pretrained` reads from a model's repository (through transformers):
+#: the config, the weights in one of these single-file forms, and the tokenizer in one of these
+#: forms. A sharded checkpoint counts as not cached (none of the app's presets has one).
+MODEL_CONFIG_FILE = "config.json"
+MODEL_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+#: What SAELens's loader for releases in its own format (`conversion_func: null`) reads per SAE;
+#: it also reads `sparsity.safetensors` when the repository has one, and runs without it.
+SAE_FILES = ("cfg.json", "sae_weights.safetensors")
+
+
+def _in_cache(repo_id: str, filename: str, cache_dir: str | os.PathLike | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir), str)
+
+
+def missing_from_cache(release: str, cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """What a release (its model and all its SAEs) still lacks in the local Hugging Face cache
+    (`cache_dir`, by default huggingface_hub's, from HF_HUB_CACHE / HF_HOME), as
+    `repo_id/filename` strings: empty when it loads with no network. A bundled release lacks
+    nothing.
+
+    Only file presence is checked, with huggingface_hub's own cache lookup on the `main`
+    revision; a corrupt file still fails at load time, with the loaders' message.
+    """
+    info = find_release(release)
+    if info.bundle is not None:
+        return []
+    repo = get_official_model_name(info.model)
+    missing = [] if _in_cache(repo, MODEL_CONFIG_FILE, cache_dir) else [f"{repo}/config.json"]
+    if not any(_in_cache(repo, name, cache_dir) for name in MODEL_WEIGHT_FILES):
+        missing.append(f"{repo}/{' or '.join(MODEL_WEIGHT_FILES)}")
+    if not any(
+        all(_in_cache(repo, name, cache_dir) for name in names) for names in TOKENIZER_FILE_SETS
+    ):
+        missing.append(f"{repo}/{' or '.join('+'.join(n) for n in TOKENIZER_FILE_SETS)}")
+    entry = release_info(release)
+    if entry.conversion_func is not None:  # another format: its files are not known here
+        return [*missing, f"{entry.repo_id} (converted by {entry.conversion_func}; not checked)"]
+    for path in entry.saes_map.values():
+        for name in SAE_FILES:
+            if not _in_cache(entry.repo_id, f"{path}/{name}", cache_dir):
+                missing.append(f"{entry.repo_id}/{path}/{name}")
+    return missing
+
+
+def release_is_cached(release: str, cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether a release runs with no network: bundled, or its model and every SAE in the local
+    Hugging Face cache (see `missing_from_cache`)."""
+    return not missing_from_cache(release, cache_dir)
