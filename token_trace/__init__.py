@@ -21,6 +21,10 @@ _PUBLIC = {
     "Verification": "token_trace.ablation",
     "verify": "token_trace.ablation",
     "nodes_in": "token_trace.ablation",
+    "DatasetResult": "token_trace.datasets.run",
+    "run_dataset": "token_trace.datasets.run",
+    "DatasetSettings": "token_trace.datasets.settings",
+    "read_prompts": "token_trace.datasets.inputs",
     "Graph": "token_trace.graph",
     "compute_graph": "token_trace.graph",
     "graph_from_trace": "token_trace.graph",
@@ -46,6 +50,8 @@ _PUBLIC = {
 
 __all__ = [
     "COLUMNS",
+    "DatasetResult",
+    "DatasetSettings",
     "Graph",
     "LoadError",
     "MetricRecord",
@@ -68,6 +74,8 @@ __all__ = [
     "nodes_in",
     "position_totals",
     "prepare_prompt",
+    "read_prompts",
+    "run_dataset",
     "top_nodes",
     "trace",
     "trace_batch",
@@ -97,6 +105,9 @@ if TYPE_CHECKING:
         nodes_in,
         verify,
     )
+    from token_trace.datasets.inputs import read_prompts
+    from token_trace.datasets.run import DatasetResult, run_dataset
+    from token_trace.datasets.settings import DatasetSettings
     from token_trace.graph import Graph, compute_graph, graph_from_trace
     from token_trace.loading import LoadError, load_model, load_saes
     from token_trace.nodes import COLUMNS, layer_totals, position_totals, top_nodes

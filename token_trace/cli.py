@@ -21,6 +21,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="token-trace",
         description="Attribute a model's prediction on a prompt to SAE features and error nodes.",
+        epilog="Many prompts from a file: token-trace dataset --help.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("text", help="the prompt")
@@ -55,12 +56,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _for_the_shell(message: str) -> str:
+def for_the_shell(message: str) -> str:
     """Library messages name Python arguments; say the command's own flags instead."""
     return message.replace(f"the bundled model {BUNDLED_MODEL!r}", f"--model {BUNDLED_MODEL}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["dataset"]:
+        from token_trace.datasets.command import main as dataset_main
+
+        return dataset_main(argv[1:])
     args = parse_args(argv)
     if args.top < 0:
         print("token-trace: --top must be 0 (all nodes) or more.", file=sys.stderr)
@@ -105,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 **request,
             )
     except (ValueError, LoadError) as err:
-        print(f"token-trace: {_for_the_shell(str(err))}", file=sys.stderr)
+        print(f"token-trace: {for_the_shell(str(err))}", file=sys.stderr)
         return 2
     for warning in result.warnings:
         print(f"token-trace: warning: {warning}", file=sys.stderr)

@@ -255,6 +255,7 @@ def resolve_sae_specs(
     """Turn the `saes` argument into (release, sae_id) pairs, checking them against the registry."""
     if saes is None:
         if model_name not in DEFAULT_RELEASES:
+            _canonical_model_name(model_name)  # an unknown model is the first thing to say
             raise ValueError(
                 f"No default SAE release is known for model {model_name!r}; pass saes= a SAELens "
                 "release name, a list of (release, sae_id) pairs or a {hook_name: SAE} dict."

@@ -325,12 +325,25 @@ def _top_predictions(model: HookedTransformer, last_logits: torch.Tensor) -> tup
     return tuple(Prediction(t, float(p)) for t, p in zip(tokens, top.values.tolist()))
 
 
+class PromptError(ValueError):
+    """One prompt of a call cannot be attributed (empty, too long, an answer of several tokens...).
+
+    `index` says which prompt of the batch, so a caller running many prompts (a dataset run) can
+    set that one aside and go on with the others; `reason` is the message without the prefix.
+    """
+
+    def __init__(self, index: int, reason: str, n_prompts: int) -> None:
+        super().__init__(reason if n_prompts == 1 else f"Prompt {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
 @contextmanager
 def _naming_prompt(index: int, n_prompts: int) -> Iterator[None]:
-    """In a batch, say which prompt a validation error is about."""
+    """Say which prompt of the call a validation error is about."""
     try:
         yield
+    except PromptError:
+        raise
     except ValueError as error:
-        if n_prompts == 1:
-            raise
-        raise ValueError(f"Prompt {index}: {error}") from error
+        raise PromptError(index, str(error), n_prompts) from error

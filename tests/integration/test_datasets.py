@@ -1,0 +1,287 @@
+"""Dataset runs on the bundled model with the local engine: per-prompt rows equal single calls,
+bad records are recorded and passed, the aggregates equal a pandas computation, runs resume."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.prompt_files import BAD, MAX_TOKENS, mixed_records, write_jsonl
+from token_trace import cli, compute_graph, compute_node_attribution, read_prompts, run_dataset
+from token_trace.datasets import worker as worker_module
+from token_trace.datasets.engines import LocalEngine
+from token_trace.datasets.layout import RunDir, RunFolderError
+
+SETTINGS = {
+    "model": "ioi-demo",
+    "device": "cpu",
+    "shard_size": 4,
+    "batch_size": 3,
+    "max_tokens": MAX_TOKENS,
+}
+SORT = ["layer", "position", "feature"]
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("prompts")
+    return write_jsonl(folder / "prompts.jsonl", mixed_records(), malformed_after=3)
+
+
+@pytest.fixture(scope="module")
+def finished(prompt_file, tmp_path_factory):
+    return run_dataset(
+        prompt_file, tmp_path_factory.mktemp("run") / "out", progress=False, **SETTINGS
+    )
+
+
+def comparable(nodes: pd.DataFrame) -> pd.DataFrame:
+    """A node table in a fixed row order, text columns as plain strings."""
+    table = nodes.drop(columns=["prompt_id"], errors="ignore").sort_values(SORT)
+    table = table.reset_index(drop=True)
+    for column in ("hook_name", "sae_id", "node_type", "token", "neuronpedia_url"):
+        table[column] = table[column].astype(object).where(table[column].notna(), None)
+        table[column] = table[column].map(lambda v: None if v is None else str(v))
+    return table
+
+
+def single_call(record: dict) -> pd.DataFrame:
+    """`compute_node_attribution` on one record: its node table, the run's metadata in attrs."""
+    return compute_node_attribution(
+        record["text"],
+        "ioi-demo",
+        answer=record.get("answer"),
+        contrast=record.get("contrast"),
+        baseline_text=record.get("baseline_text"),
+        device="cpu",
+    )
+
+
+def test_every_record_gets_a_row_and_bad_ones_their_reason(finished):
+    prompts = finished.prompts()
+    records = mixed_records()
+    assert len(prompts) == len(records) + 1  # and the malformed line
+    by_id = prompts.set_index("prompt_id")
+    for key, (_, word) in BAD.items():
+        assert by_id.loc[key, "status"] == "error"
+        assert word in by_id.loc[key, "error"], by_id.loc[key, "error"]
+    malformed = prompts[prompts["error"].fillna("").str.contains("not valid JSON")]
+    assert list(malformed["row"]) == [4]  # the line after the fourth record
+    good = [r["id"] for r in records if "id" in r and r["id"].startswith("ioi")]
+    assert (by_id.loc[good, "status"] == "ok").all()
+    assert (finished.n_ok, finished.n_errors) == (6, len(BAD) + 1)
+    assert list(prompts["row"]) == list(range(len(prompts)))
+    warned = by_id.loc[good[5], "warnings"]
+    assert len(warned) == 1 and "Blorptastic" in warned[0]
+
+
+def test_each_prompts_rows_equal_a_single_call(finished):
+    prompts = finished.prompts().set_index("prompt_id")
+    for record in mixed_records():
+        if not record.get("id", "").startswith("ioi"):
+            continue
+        expected = single_call(record)
+        got = finished.nodes([record["id"]])
+        pd.testing.assert_frame_equal(
+            comparable(got), comparable(expected), check_dtype=False, rtol=1e-4, atol=1e-5
+        )
+        row = prompts.loc[record["id"]]
+        assert row["metric_value"] == pytest.approx(expected.attrs["metric_value"], abs=1e-5)
+        assert list(row["tokens"]) == list(expected.attrs["tokens"])
+        assert row["n_nodes"] == len(expected)
+        error_rows = expected["node_type"] == "error"
+        assert row["error_attribution"] == pytest.approx(
+            expected.loc[error_rows, "attribution"].sum(), abs=1e-4
+        )
+
+
+def test_the_feature_aggregate_equals_a_pandas_computation(finished):
+    nodes = finished.nodes()
+    ok = finished.prompts().query("status == 'ok'")["prompt_id"]
+    keys = ["hook_name", "layer", "feature"]
+    nodes["hook_name"] = nodes["hook_name"].astype(str)
+    # One column per prompt: each key's attribution summed over positions, 0 where inactive.
+    totals = nodes.pivot_table(
+        index=keys, columns="prompt_id", values="attribution", aggfunc="sum"
+    ).reindex(columns=ok)
+    expected = pd.DataFrame(
+        {
+            "n_prompts_active": totals.notna().sum(axis=1),
+            "mean_attribution": totals.fillna(0).mean(axis=1),
+            "mean_abs_attribution": totals.abs().fillna(0).mean(axis=1),
+        }
+    )
+    expected["share_of_total"] = (
+        expected["mean_abs_attribution"] / expected["mean_abs_attribution"].sum()
+    )
+    got = finished.features().set_index(keys)
+    got.index = got.index.set_levels(got.index.levels[0].astype(str), level=0)
+    assert len(got) == len(expected)
+    got = got.loc[expected.index]
+    for column in expected.columns:
+        np.testing.assert_allclose(got[column], expected[column], rtol=1e-5, atol=1e-7)
+    for key in expected.sort_values("mean_abs_attribution").index[-3:]:
+        column = totals.loc[key].dropna()
+        best = column.abs().sort_values(ascending=False).index[:5]
+        assert list(got.loc[key, "top_prompt_ids"]) == list(best)
+        np.testing.assert_allclose(got.loc[key, "top_attributions"], column[best], rtol=1e-5)
+    error_layers = nodes.loc[nodes["node_type"] == "error", "hook_name"].nunique()
+    assert (got.reset_index()["feature"] == -1).sum() == error_layers
+
+
+def test_the_aggregate_can_leave_bos_out(finished, prompt_file, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished.out_dir, out)
+    again = run_dataset(prompt_file, out, progress=False, exclude_bos=True, **SETTINGS)
+    assert again.prompts_run == 0  # the shards are reused; only the aggregate is rebuilt
+    without = again.features()
+    bos_nodes = finished.nodes().query("position == 0")
+    assert (
+        len(bos_nodes)
+        and without["n_prompts_active"].sum() < finished.features()["n_prompts_active"].sum()
+    )
+
+
+def test_a_stopped_run_resumes_where_it_stopped(finished, prompt_file, tmp_path):
+    out = tmp_path / "stopped"
+    shutil.copytree(finished.out_dir, out)
+    run_dir = RunDir(out)
+    shard_one = pd.read_parquet(run_dir.shard("prompts", 1))
+    run_dir.shard("prompts", 1).unlink()  # the run stopped inside shard 1...
+    (out / "nodes" / ".shard-00001.parquet.123.partial").write_bytes(b"half a file")
+    resumed = run_dataset(prompt_file, out, progress=False, **SETTINGS)
+    assert resumed.resumed_shards == finished.n_shards - 1
+    assert resumed.prompts_run == len(shard_one)
+    assert not list(out.rglob("*.partial"))
+    pd.testing.assert_frame_equal(resumed.prompts(), finished.prompts())
+    pd.testing.assert_frame_equal(resumed.features(), finished.features(), rtol=1e-6)
+
+
+def test_a_folder_holding_another_run_is_refused(finished, prompt_file, tmp_path):
+    with pytest.raises(RunFolderError, match="shard_size"):
+        run_dataset(prompt_file, finished.out_dir, progress=False, **(SETTINGS | {"shard_size": 5}))
+    other = write_jsonl(tmp_path / "other.jsonl", mixed_records()[:3])
+    with pytest.raises(RunFolderError, match="prompts"):
+        run_dataset(other, finished.out_dir, progress=False, **SETTINGS)
+
+
+def test_a_batch_out_of_memory_is_split_until_it_fits(prompt_file, finished, tmp_path):
+    class SmallMemoryWorker(worker_module.ShardWorker):
+        """Runs out of memory on any batch of more than one prompt."""
+
+        def _trace(self, records):
+            if len(records) > 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+            return super()._trace(records)
+
+    settings = worker_module.DatasetSettings(**SETTINGS)
+    run_dir = RunDir(tmp_path / "oom")
+    run_dir.start({"test": True})
+    table = read_prompts(prompt_file)
+    SmallMemoryWorker(settings, run_dir.root).run(worker_module.Shard.of(0, table))
+    prompts = pd.read_parquet(run_dir.shard("prompts", 0))
+    expected = finished.prompts()
+    assert list(prompts["status"]) == list(expected["status"])
+    np.testing.assert_allclose(prompts["metric_value"], expected["metric_value"], atol=1e-5)
+    nodes = pd.read_parquet(run_dir.shard("nodes", 0))
+    assert len(nodes) == len(finished.nodes())
+
+
+def test_csv_parquet_and_frames_read_like_jsonl(tmp_path):
+    records = [r for r in mixed_records() if r.get("id") != "text-not-string"]
+    jsonl = read_prompts(write_jsonl(tmp_path / "p.jsonl", records))
+    frame = pd.DataFrame(records)
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    frame.to_parquet(tmp_path / "p.parquet")
+    for source in (tmp_path / "p.csv", tmp_path / "p.parquet", frame, records):
+        pd.testing.assert_frame_equal(read_prompts(source), jsonl)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"prompt": "a"}\n', "no 'text' column"),
+        ('{"id": 1, "text": "a"}\n{"id": 1, "text": "b"}\n', "must be unique"),
+        ("\n", "no records"),
+    ],
+)
+def test_unusable_files_fail_at_once_with_a_reason(tmp_path, content, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_prompts(path)
+
+
+def test_an_unknown_file_type_is_named(tmp_path):
+    (tmp_path / "p.txt").write_text("When Mary and John went to the store")
+    with pytest.raises(ValueError, match=r"'p.txt'.*\.jsonl, \.csv or \.parquet"):
+        read_prompts(tmp_path / "p.txt")
+
+
+def test_the_cli_runs_a_dataset_and_reports_errors_plainly(prompt_file, tmp_path, capsys):
+    argv = ["dataset", str(prompt_file), "--out", str(tmp_path / "cli"), "--model", "ioi-demo"]
+    argv += ["--device", "cpu", "--max-tokens", str(MAX_TOKENS), "--quiet"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "6 attributed" in printed and "prompts/s" in printed
+    assert (tmp_path / "cli" / "report.html").read_text().count("Top features") == 1
+    assert cli.main(["dataset", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)]) == 2
+    assert "No prompt file" in capsys.readouterr().err
+    argv = [
+        "dataset",
+        str(prompt_file),
+        "--out",
+        str(tmp_path / "x"),
+        "--model",
+        "gpt-7",
+        "--quiet",
+    ]
+    assert cli.main(argv) == 2
+    assert "Unknown model 'gpt-7'" in capsys.readouterr().err
+
+
+def test_graphs_per_prompt_and_over_the_set(tmp_path):
+    records = [r for r in mixed_records() if r.get("id", "").startswith("ioi")][:3]
+    path = write_jsonl(tmp_path / "g.jsonl", records)
+    options = {"max_nodes": 40, "node_threshold": 0.9, "edge_threshold": 0.99}
+    result = run_dataset(path, tmp_path / "out", progress=False, graph=True, **SETTINGS, **options)
+    for record in records:
+        graph = compute_graph(
+            record["text"],
+            "ioi-demo",
+            answer=record.get("answer"),
+            contrast=record.get("contrast"),
+            baseline_text=record.get("baseline_text"),
+            device="cpu",
+            **options,
+        )
+        got = result.graph_edges([record["id"]]).drop(columns="prompt_id")
+        got = got.sort_values(["source", "target"]).reset_index(drop=True)
+        want = graph.edges.sort_values(["source", "target"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, want, check_dtype=False, check_categorical=False)
+    # The aggregate graph: positions dropped from the ids, summed per prompt, mean over prompts.
+    edges = result.graph_edges()
+    for end in ("source", "target"):
+        key = edges[end].str.rsplit("_", n=1).str[0]
+        edges[end] = key.where(edges[f"{end}_type"] != "metric", "metric")
+    per_prompt = edges.groupby(["source", "target", "prompt_id"])["weight"].sum()
+    expected = per_prompt.groupby(["source", "target"]).sum() / len(records)
+    _, aggregate = result.aggregate_graph()
+    got = aggregate.set_index(["source", "target"])["mean_weight"]
+    assert len(got) == len(expected)
+    np.testing.assert_allclose(got.loc[expected.index], expected, rtol=1e-9)
+
+
+def test_the_local_engine_refuses_ray_options():
+    from token_trace.datasets.engines import engine_named
+
+    assert isinstance(engine_named("local", None, 1.0), LocalEngine)
+    with pytest.raises(ValueError, match="Ray engine"):
+        engine_named("local", 2, 1.0)
+    with pytest.raises(ValueError, match="Unknown engine"):
+        engine_named("spark", None, 1.0)

@@ -1,0 +1,196 @@
+"""`run_dataset`: a file of prompts -> a folder of Parquet tables, aggregates and a report."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.dataset as pads
+from tqdm.auto import tqdm
+
+from token_trace.datasets.aggregate import combine_features, combine_graph
+from token_trace.datasets.engines import engine_named
+from token_trace.datasets.inputs import PromptSource, fingerprint, read_prompts
+from token_trace.datasets.layout import FORMAT_VERSION, RunDir, write_table
+from token_trace.datasets.report import write_report
+from token_trace.datasets.settings import DatasetSettings
+from token_trace.datasets.worker import Shard
+
+
+@dataclass(frozen=True)
+class DatasetResult:
+    """A finished dataset run: counts, speed, and readers of the tables in `out_dir`."""
+
+    out_dir: Path
+    settings: DatasetSettings
+    n_prompts: int
+    n_ok: int
+    n_errors: int
+    n_shards: int
+    #: Shards found finished in `out_dir` and skipped (a resumed run).
+    resumed_shards: int
+    #: Prompts attributed by this call, and their rate over the attribution time.
+    prompts_run: int
+    prompts_per_second: float
+    #: One row per shard run by this call: prompts, seconds, peak memory of its worker, device.
+    shards: pd.DataFrame
+
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir(self.out_dir)
+
+    def prompts(self) -> pd.DataFrame:
+        """One row per prompt, in file order: status, error, metric value, tokens..."""
+        table = _read(self.run_dir.shard_files("prompts"))
+        return table.sort_values("row", kind="stable").reset_index(drop=True)
+
+    def nodes(
+        self, prompt_ids: list[str] | None = None, columns: list[str] | None = None
+    ) -> pd.DataFrame:
+        """Node rows of all prompts, or of `prompt_ids` only (read without loading the rest)."""
+        return _read(self.run_dir.shard_files("nodes"), prompt_ids, columns)
+
+    def features(self) -> pd.DataFrame:
+        """The aggregate per (SAE, feature) and per error layer (see `aggregate`)."""
+        return pd.read_parquet(self.run_dir.features)
+
+    def graph_nodes(self, prompt_ids: list[str] | None = None) -> pd.DataFrame:
+        """Each prompt's pruned graph nodes (runs with `graph=True`)."""
+        return _read(self.run_dir.shard_files("graph_nodes"), prompt_ids)
+
+    def graph_edges(self, prompt_ids: list[str] | None = None) -> pd.DataFrame:
+        """Each prompt's pruned graph edges (runs with `graph=True`)."""
+        return _read(self.run_dir.shard_files("graph_edges"), prompt_ids)
+
+    def aggregate_graph(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The graph over all prompts: (nodes, edges), positions summed, means over prompts."""
+        return (
+            pd.read_parquet(self.run_dir.graph_aggregate_nodes),
+            pd.read_parquet(self.run_dir.graph_aggregate_edges),
+        )
+
+
+def run_dataset(
+    prompts: PromptSource,
+    out_dir: str | Path,
+    *,
+    engine: str = "local",
+    workers: int | None = None,
+    cpus_per_worker: float = 1.0,
+    progress: bool = True,
+    report: bool = True,
+    **settings: Any,
+) -> DatasetResult:
+    """Attribute every prompt of a file (or DataFrame, or list of dicts) and aggregate them.
+
+    Args:
+        prompts: a JSONL, CSV or Parquet file with a `text` column and optional `answer`,
+            `contrast`, `baseline_text` and `id` (unique; else the row number is the id).
+        out_dir: the output folder (see `layout`). Running again on the same folder resumes: the
+            finished shards are skipped. A folder holding another run is refused.
+        engine: "local" (in this process) or "ray" (Ray Data; `pip install token-trace[dist]`).
+        workers, cpus_per_worker: Ray actors, and CPUs each (default: one actor per GPU, else
+            one per `cpus_per_worker` CPUs).
+        progress: show a progress bar with prompts/s on stderr.
+        report: write `report.html`, the top features across the set.
+        **settings: the fields of `DatasetSettings` (model, saes, method, batch_size, graph...).
+
+    A record that cannot be attributed (empty, too long, an answer of several tokens, malformed)
+    gets status "error" and its reason in the prompts table; the run goes on.
+    """
+    chosen = DatasetSettings(**settings).check()
+    table = read_prompts(prompts)
+    run_dir = RunDir(out_dir)
+    n_shards = math.ceil(len(table) / chosen.shard_size)
+    run_dir.start(
+        {
+            "format": FORMAT_VERSION,
+            "settings": chosen.identity(),
+            "prompts": {"n_prompts": len(table), "fingerprint": fingerprint(table)},
+            "n_shards": n_shards,
+        }
+    )
+    runner = engine_named(engine, workers, cpus_per_worker)
+    finished = run_dir.finished_shards()
+    size = chosen.shard_size
+    pending = [
+        Shard.of(index, table.iloc[index * size : (index + 1) * size])
+        for index in range(n_shards)
+        if index not in finished
+    ]
+    summaries: list[dict[str, Any]] = []
+    bar = tqdm(
+        total=len(table),
+        initial=len(table) - sum(len(shard.records) for shard in pending),
+        unit="prompt",
+        desc="attributing",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    start = time.perf_counter()
+    with bar:
+
+        def on_shard(summary: dict[str, Any]) -> None:
+            summaries.append(summary)
+            bar.update(int(summary["n_prompts"]))
+            bar.set_postfix(errors=sum(int(s["n_prompts"] - s["n_ok"]) for s in summaries))
+
+        runner.run_shards(pending, chosen, run_dir, on_shard)
+    seconds = time.perf_counter() - start
+    prompts_table = _read(run_dir.shard_files("prompts"), columns=["status"])
+    n_ok = int((prompts_table["status"] == "ok").sum())
+    shard_ids = sorted(run_dir.finished_shards())
+    _aggregate(runner, run_dir, chosen, shard_ids, n_ok)
+    result = DatasetResult(
+        out_dir=run_dir.root,
+        settings=chosen,
+        n_prompts=len(table),
+        n_ok=n_ok,
+        n_errors=len(table) - n_ok,
+        n_shards=n_shards,
+        resumed_shards=len(finished),
+        prompts_run=sum(len(shard.records) for shard in pending),
+        prompts_per_second=sum(len(s.records) for s in pending) / seconds if pending else 0.0,
+        shards=pd.DataFrame(summaries),
+    )
+    if report:
+        write_report(result)
+    return result
+
+
+def _aggregate(
+    runner: Any, run_dir: RunDir, settings: DatasetSettings, shards: list[int], n_ok: int
+) -> None:
+    """Write the aggregate tables from the finished shards (each shard read on its own)."""
+    partials = runner.partials(run_dir, "features", shards, settings.exclude_bos)
+    write_table(combine_features(partials, n_ok), run_dir.features)
+    if settings.graph:
+        n_graphs = int(
+            _read(run_dir.shard_files("prompts"), columns=["graph_nodes"])["graph_nodes"]
+            .notna()
+            .sum()
+        )
+        nodes, edges = combine_graph(
+            runner.partials(run_dir, "graph_nodes", shards, settings.exclude_bos),
+            runner.partials(run_dir, "graph_edges", shards, settings.exclude_bos),
+            n_graphs,
+        )
+        write_table(nodes, run_dir.graph_aggregate_nodes)
+        write_table(edges, run_dir.graph_aggregate_edges)
+
+
+def _read(
+    files: list[Path], prompt_ids: list[str] | None = None, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """Finished shard files as one table (files of unfinished shards are never read)."""
+    if not files:
+        raise FileNotFoundError("This run has no finished shards yet.")
+    dataset = pads.dataset([str(path) for path in files], format="parquet")
+    where = None if prompt_ids is None else pads.field("prompt_id").isin(list(prompt_ids))
+    return dataset.to_table(columns=columns, filter=where).to_pandas()
