@@ -32,15 +32,14 @@ from token_trace.app.page import (
 from token_trace.app.requests import (
     MAX_IG_STEPS,
     METHOD_LABELS,
-    PRESETS,
+    PRESET_ENV,
+    PRESETS_BY_RELEASE,
     RequestFields,
-    default_model,
-    default_release,
     max_tokens_from_env,
 )
 from token_trace.app.service import Service, preload, user_errors
 from token_trace.app.theme import CSS
-from token_trace.loading import BUNDLED_MODEL, go_offline, hub_reachable, release_sae_ids
+from token_trace.loading import go_offline, hub_reachable, release_sae_ids
 
 logger = logging.getLogger("token_trace.app")
 
@@ -89,14 +88,14 @@ def layer_choices(release: str) -> gr.CheckboxGroup:
 
 def build(page: Page) -> gr.Blocks:
     """The page: inputs, examples, tokens + predictions, table + feature panel, charts."""
-    start = default_release(page.offline)
+    start = page.start
     with gr.Blocks(title="token-trace", analytics_enabled=False, fill_width=True) as demo:
         gr.HTML(
             '<div class="tt-header"><h1>token-trace</h1><p>Which SAE features — and SAE '
             "error terms — carry a language model's prediction, at which token positions and "
             "layers, and by how much.</p></div>"
         )
-        gr.HTML(render.banner_html(page.offline), elem_id="tt-banner")
+        gr.HTML(render.banner_html(page.offline, page.presets, start), elem_id="tt-banner")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
                 text = gr.Textbox(
@@ -123,7 +122,7 @@ def build(page: Page) -> gr.Blocks:
             with gr.Column(scale=2):
                 release = gr.Dropdown(
                     label="Model · SAE release",
-                    choices=[(preset.label, preset.release) for preset in PRESETS],
+                    choices=[(preset.label, preset.release) for preset in page.presets],
                     value=start,
                 )
                 method = gr.Radio(
@@ -395,7 +394,7 @@ def build(page: Page) -> gr.Blocks:
 
 def api(page: Page) -> None:
     """`/attribute` and `/summary`: the request's fields as plain parameters, JSON out."""
-    defaults = {"model": default_model(page.offline)}
+    defaults = {"model": PRESETS_BY_RELEASE[page.start].model}
     graph_options = [
         parameter("max_nodes", float, DEFAULT_MAX_NODES),
         parameter("node_threshold", float, 0.8),
@@ -434,13 +433,22 @@ def create_app(offline: bool | None = None, max_tokens: int | None = None) -> gr
     if max_tokens is None:
         max_tokens = max_tokens_from_env()
     if offline:
-        logger.warning("Hugging Face hub unreachable: starting offline on %s", BUNDLED_MODEL)
         go_offline()
+    page = Page(offline, Service(max_tokens), EXAMPLES_DIR)
+    if offline:
+        logger.warning(
+            "Hugging Face hub unreachable: starting offline on %s; available offline: %s",
+            page.start,
+            ", ".join(preset.release for preset in page.presets),
+        )
+        wanted = os.environ.get(PRESET_ENV, "").strip()
+        if wanted and wanted != page.start:
+            logger.warning("%s=%s is not in the local Hugging Face cache", PRESET_ENV, wanted)
     elif os.environ.get("SPACE_ID"):
         # On a Space, load the default weights at startup, as ZeroGPU expects, so the first
         # visitor does not wait for a download.
-        preload(default_release(offline))
-    return build(Page(offline, Service(max_tokens), EXAMPLES_DIR))
+        preload(page.start)
+    return build(page)
 
 
 def launch(demo: gr.Blocks, **options: Any) -> Any:

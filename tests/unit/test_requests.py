@@ -10,6 +10,7 @@ from tests.helpers import ROOT
 from token_trace.app.api import endpoint, parameter
 from token_trace.app.requests import (
     PRESETS,
+    PRESETS_BY_RELEASE,
     REQUEST_FIELDS,
     RequestFields,
     default_model,
@@ -44,11 +45,13 @@ def test_presets_are_registry_data():
         make_settings(RequestFields(TEXT, model="gpt2-small", release="ioi-demo"))
 
 
-def test_offline_examples_are_the_bundled_models_only():
-    offline = load_examples(ROOT / "examples", offline=True)
-    online = load_examples(ROOT / "examples", offline=False)
+def test_examples_are_those_of_the_presets_that_can_run():
+    bundled = [PRESETS_BY_RELEASE["ioi-demo"]]
+    offline = load_examples(ROOT / "examples", bundled, "ioi-demo")
+    online = load_examples(ROOT / "examples", PRESETS, PRESETS[0].release)
     assert offline and {example.release for example in offline} == {"ioi-demo"}
     assert online[0].release == PRESETS[0].release and len(online) > len(offline)
+    assert load_examples(ROOT / "examples", PRESETS, "ioi-demo")[0].release == "ioi-demo"
 
 
 def test_endpoint_signature_is_the_request_fields_plus_extras():
@@ -81,7 +84,7 @@ def test_the_opening_preset_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("TOKEN_TRACE_PRESET", "pythia-70m-deduped-res-sm")
     assert default_release(offline=False) == "pythia-70m-deduped-res-sm"
     assert default_model(offline=False) == "pythia-70m-deduped"
-    assert default_release(offline=True) == "ioi-demo"
+    assert default_release(offline=True, available=[PRESETS_BY_RELEASE["ioi-demo"]]) == "ioi-demo"
     monkeypatch.setenv("TOKEN_TRACE_PRESET", "gpt2-xl")
     with pytest.raises(ValueError, match="TOKEN_TRACE_PRESET='gpt2-xl' is not a preset"):
         default_release(offline=False)

@@ -7,7 +7,7 @@ Nothing here knows the layout, and nothing in `app.py` knows how a result is dra
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,11 @@ import pandas as pd
 from token_trace.app import exports, plots, render
 from token_trace.app.requests import (
     Example,
+    Preset,
     RequestFields,
     Settings,
+    available_presets,
+    default_release,
     load_examples,
     make_settings,
     request_from_query,
@@ -85,10 +88,23 @@ class Filters:
 class Page:
     """The handlers of one deployment (offline or not, its token cap, its examples)."""
 
-    def __init__(self, offline: bool, service: Service, examples_dir: Path) -> None:
+    def __init__(
+        self,
+        offline: bool,
+        service: Service,
+        examples_dir: Path,
+        presets: Sequence[Preset] | None = None,
+    ) -> None:
+        """`presets` are the ones this deployment can run; by default all of them online and,
+        offline, those with every file in the local Hugging Face cache (looked up once, here)."""
         self.offline = offline
         self.service = service
-        self.examples: list[Example] = load_examples(examples_dir, offline)
+        self.presets: tuple[Preset, ...] = tuple(
+            available_presets(offline) if presets is None else presets
+        )
+        #: The preset the page opens on (and the API's default model).
+        self.start = default_release(offline, self.presets)
+        self.examples: list[Example] = load_examples(examples_dir, self.presets, self.start)
 
     # ----------------------------------------------------------------------- runs
 

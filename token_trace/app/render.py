@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 
 from token_trace.ablation import Verification
-from token_trace.app.requests import METHOD_LABELS
+from token_trace.app.requests import METHOD_LABELS, Preset
 from token_trace.app.theme import signed_background
 from token_trace.graph import Graph
+from token_trace.loading import is_bundled
 from token_trace.neuronpedia import embed_url, feature_url, quick_list_url
 from token_trace.nodes import top_nodes, without_bos
 from token_trace.records import Trace
@@ -364,15 +365,30 @@ def quick_links_html(result: Trace, hide_bos: bool) -> str:
     return f'<div class="tt-links">{" · ".join(links)}</div>' if links else ""
 
 
-def banner_html(offline: bool) -> str:
-    """The offline notice shown at the top of the page (empty when online)."""
+def banner_html(offline: bool, available: Sequence[Preset] = (), selected: str = "") -> str:
+    """The offline notice shown at the top of the page (empty when online): which presets run
+    without a network (`available`: the bundled model, and those whose files are all in the
+    local Hugging Face cache) and which one is `selected`."""
     if not offline:
         return ""
+    bundled = [preset for preset in available if is_bundled(preset.release)]
+    cached = [preset for preset in available if not is_bundled(preset.release)]
+    parts = []
+    if bundled:
+        parts.append(_preset_names(bundled) + " (bundled with token-trace)")
+    if cached:
+        parts.append(_preset_names(cached) + " (every file in the local Hugging Face cache)")
+    runs = " and ".join(parts) if parts else "no model"
+    chosen = f" <code>{html.escape(selected)}</code> is selected." if selected else ""
     return (
         '<div class="tt-banner"><b>Offline mode.</b> The Hugging Face hub cannot be reached, so '
-        "models that need a download will fail to load. The bundled <code>ioi-demo</code> model "
-        "works without a network and is selected.</div>"
+        f"only models already on this machine can run: {runs}. Others would need a download "
+        f"and fail at once.{chosen}</div>"
     )
+
+
+def _preset_names(presets: Sequence[Preset]) -> str:
+    return ", ".join(f"<code>{html.escape(preset.release)}</code>" for preset in presets)
 
 
 # --------------------------------------------------------------------------- graph and checks

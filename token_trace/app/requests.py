@@ -67,24 +67,35 @@ PRESETS_BY_RELEASE = {preset.release: preset for preset in PRESETS}
 PRESET_ENV = "TOKEN_TRACE_PRESET"
 
 
-def default_release(offline: bool) -> str:
+def available_presets(offline: bool) -> tuple[Preset, ...]:
+    """The presets this deployment can run: all of them online; offline, the bundled model and
+    those whose model and SAE files are all in the local Hugging Face cache."""
+    if not offline:
+        return PRESETS
+    return tuple(preset for preset in PRESETS if loading.release_is_cached(preset.release))
+
+
+def default_release(offline: bool, available: Sequence[Preset] | None = None) -> str:
     """The preset selected when the page opens: `TOKEN_TRACE_PRESET` when set, else the first
-    preset; the bundled model when the hub is out of reach."""
-    if offline:
-        return loading.BUNDLED_MODEL
+    preset. Offline, the chosen preset only if it is `available` (by default: cached), else the
+    bundled model. A name that is no preset at all is an error either way."""
     chosen = os.environ.get(PRESET_ENV, "").strip()
-    if not chosen:
-        return PRESETS[0].release
-    if chosen not in PRESETS_BY_RELEASE:
+    if chosen and chosen not in PRESETS_BY_RELEASE:
         raise ValueError(
             f"{PRESET_ENV}={chosen!r} is not a preset of this app; use one of "
             f"{', '.join(PRESETS_BY_RELEASE)}."
         )
-    return chosen
+    if not offline:
+        return chosen or PRESETS[0].release
+    if available is None:
+        available = available_presets(offline)
+    if chosen in {preset.release for preset in available}:
+        return chosen
+    return loading.BUNDLED_MODEL
 
 
-def default_model(offline: bool) -> str:
-    return PRESETS_BY_RELEASE[default_release(offline)].model
+def default_model(offline: bool, available: Sequence[Preset] | None = None) -> str:
+    return PRESETS_BY_RELEASE[default_release(offline, available)].model
 
 
 def max_tokens_from_env() -> int:
@@ -327,15 +338,13 @@ class Example:
         return f"{self.name} · {PRESETS_BY_RELEASE[self.release].model}"
 
 
-def load_examples(directory: Path, offline: bool) -> list[Example]:
-    """The examples whose model can run here (only the bundled model's when offline), the default
-    preset's first. Missing files are skipped."""
+def load_examples(directory: Path, presets: Sequence[Preset], first: str) -> list[Example]:
+    """The examples written for `presets` (the ones this deployment can run), those of the
+    preset `first` first. Missing files are skipped."""
     found = []
-    for preset in PRESETS:
+    for preset in presets:
         path = directory / preset.examples_file if preset.examples_file else None
         if path is None or not path.is_file():
-            continue
-        if offline and not loading.is_bundled(preset.model):
             continue
         for entry in json.loads(path.read_text()):
             found.append(
@@ -348,5 +357,4 @@ def load_examples(directory: Path, offline: bool) -> list[Example]:
                     counterfactual=entry.get("counterfactual"),
                 )
             )
-    first = default_release(offline)
     return sorted(found, key=lambda example: example.release != first)
