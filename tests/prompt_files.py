@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers import ROOT
+from sae_lens import SAE
+from transformer_lens import HookedTransformer
+
+from tests.helpers import ROOT, tiny_model, tiny_saes
 
 IOI_FILE = ROOT / "examples" / "ioi_dataset.jsonl"
 MAX_TOKENS = 40  # the run's cap in these tests; `LONG` goes past it
@@ -64,3 +67,9 @@ def write_jsonl(path: Path, records: list[dict], malformed_after: int | None = N
         lines.insert(malformed_after + 1, MALFORMED_LINE)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def tiny_pair(device: str | None) -> tuple[HookedTransformer, dict[str, SAE]]:
+    """A dataset run's `loader`: the tests' tiny model and SAEs (seeded, the same every call)."""
+    model = tiny_model()
+    return model, tiny_saes(model)

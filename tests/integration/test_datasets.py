@@ -11,8 +11,16 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.helpers import PROMPT
 from tests.prompt_files import BAD, MAX_TOKENS, mixed_records, write_jsonl
-from token_trace import cli, compute_graph, compute_node_attribution, read_prompts, run_dataset
+from token_trace import (
+    cli,
+    compute_graph,
+    compute_node_attribution,
+    read_prompts,
+    run_dataset,
+    trace,
+)
 from token_trace.datasets import worker as worker_module
 from token_trace.datasets.engines import LocalEngine
 from token_trace.datasets.layout import RunDir, RunFolderError
@@ -275,6 +283,25 @@ def test_graphs_per_prompt_and_over_the_set(tmp_path):
     got = aggregate.set_index(["source", "target"])["mean_weight"]
     assert len(got) == len(expected)
     np.testing.assert_allclose(got.loc[expected.index], expected, rtol=1e-9)
+
+
+def test_a_loader_builds_models_the_registries_do_not_know(tmp_path, model, saes):
+    texts = [PROMPT, "The capital of France is Paris"]
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": text} for text in texts])
+    result = run_dataset(
+        path, tmp_path / "out", progress=False, model="tiny", loader="tests.prompt_files:tiny_pair"
+    )
+    assert result.n_ok == 2
+    for index, text in enumerate(texts):
+        expected = trace(text, model, saes).nodes
+        got = result.nodes([str(index)])
+        pd.testing.assert_frame_equal(
+            comparable(got), comparable(expected), check_dtype=False, rtol=1e-4, atol=1e-5
+        )
+    with pytest.raises(ValueError, match="Cannot import the loader"):
+        run_dataset(path, tmp_path / "x", progress=False, loader="tests.prompt_files:nothing")
+    with pytest.raises(ValueError, match=r"package\.module:function"):
+        run_dataset(path, tmp_path / "y", progress=False, loader="tiny_pair")
 
 
 def test_the_local_engine_refuses_ray_options():

@@ -28,6 +28,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="output folder (created; resumed if present)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="TransformerLens model name")
     parser.add_argument("--saes", "--release", default=None, help="SAELens release")
+    parser.add_argument(
+        "--loader",
+        default=None,
+        help="package.module:function(device) -> (model, {hook: SAE}), for models not in the "
+        "registries (importable by every worker)",
+    )
     parser.add_argument("--engine", choices=["local", "ray"], default="local")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward/backward")
     parser.add_argument("--shard-size", type=int, default=64, help="prompts per output file")
@@ -67,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report=not args.no_report,
             model=args.model,
             saes=args.saes,
+            loader=args.loader,
             method=args.method,
             ig_steps=args.ig_steps,
             metric="loss" if args.loss else None,

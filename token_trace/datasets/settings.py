@@ -3,7 +3,11 @@ whether the files already in the output folder were made by the same settings.""
 
 from __future__ import annotations
 
+import importlib
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from token_trace import loading
 
@@ -39,6 +43,11 @@ class DatasetSettings:
     sae_dtype: str = "float32"
     #: Leave BOS-position nodes out of the aggregates (they are recomputed at every finish).
     exclude_bos: bool = False
+    #: "package.module:function" building the model and SAEs instead of loading them by name:
+    #: `function(device)` returns `(HookedTransformer, {hook_name: SAE})`. For models the
+    #: registries do not know (a local checkpoint, a fine-tune); every worker imports and calls
+    #: it, so it must be importable there and build the same weights each time.
+    loader: str | None = None
     #: Where each worker runs (None: CUDA when present). Not part of the run's identity.
     device: str | None = None
 
@@ -58,6 +67,8 @@ class DatasetSettings:
         for name in ("node_threshold", "edge_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie between 0 and 1, got {getattr(self, name)}.")
+        if self.loader is not None and not re.fullmatch(r"[\w.]+:\w+", self.loader):
+            raise ValueError(f"loader must be 'package.module:function', got {self.loader!r}.")
         if self.sae_dtype not in loading.SAE_DTYPES:
             raise ValueError(
                 f"Unknown SAE dtype {self.sae_dtype!r}: use one of {loading.SAE_DTYPES}."
@@ -72,3 +83,13 @@ class DatasetSettings:
         for free in ("batch_size", "device", "exclude_bos"):
             fields.pop(free)
         return fields
+
+    def build(self) -> Callable[[str | None], tuple[Any, dict[str, Any]]] | None:
+        """The `loader` function, imported (None when models load by name)."""
+        if self.loader is None:
+            return None
+        module, name = self.loader.split(":")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"Cannot import the loader {self.loader!r}: {error}") from error

@@ -143,10 +143,16 @@ class ShardWorker:
     def __init__(self, settings: DatasetSettings, out_dir: str | Path) -> None:
         self.settings = settings
         self.out = RunDir(out_dir)
-        # Load once, here: every later `traces_and_run` call finds them in the loaders' cache.
-        self.model, _, self.saes, _ = resolve(
-            settings.model, settings.saes, settings.device, settings.sae_dtype
-        )
+        build = settings.build()
+        if build is None:
+            # Load once, here: every later `traces_and_run` call finds them in the loaders' cache.
+            self.model, _, self.saes, _ = resolve(
+                settings.model, settings.saes, settings.device, settings.sae_dtype
+            )
+            self._model_arg, self._saes_arg = settings.model, settings.saes
+        else:
+            self.model, self.saes = build(settings.device)
+            self._model_arg, self._saes_arg = self.model, self.saes
 
     def run(self, shard: Shard) -> dict[str, object]:
         """Attribute the shard, write its files (prompts last), and say how it went."""
@@ -258,8 +264,8 @@ class ShardWorker:
             warnings.simplefilter("ignore", UnknownWordsWarning)
             return traces_and_run(
                 [r["text"] for r in records],
-                settings.model,
-                settings.saes,
+                self._model_arg,
+                self._saes_arg,
                 answers=[r.get("answer") for r in records],
                 contrasts=[r.get("contrast") for r in records],
                 metric=settings.metric,
