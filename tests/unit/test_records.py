@@ -26,6 +26,7 @@ from token_trace import (
     trace,
     trace_batch,
 )
+from token_trace.datasets import command as dataset_command
 from token_trace.prompts import prepare_baseline, prepare_prompt, unknown_words
 
 
@@ -171,6 +172,19 @@ def test_cli_help_is_fast_and_names_the_default_model():
     assert "ioi-demo" in done.stdout
     assert elapsed < 3, f"--help took {elapsed:.1f} s"
     assert (cli.DEFAULT_MODEL, cli.BUNDLED_MODEL) == (loading.DEFAULT_MODEL, loading.BUNDLED_MODEL)
+    assert dataset_command.DEFAULT_MODEL == loading.DEFAULT_MODEL
+
+
+def test_dataset_help_is_fast_and_lists_the_engines():
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "token_trace.cli", "dataset", "--help"],
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - start
+    assert done.returncode == 0 and "{local,ray}" in done.stdout
+    assert elapsed < 3, f"dataset --help took {elapsed:.1f} s"
 
 
 def test_cli_load_errors_name_the_flag(monkeypatch, capsys):
