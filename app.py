@@ -33,7 +33,6 @@ from token_trace.app.requests import (
     MAX_IG_STEPS,
     METHOD_LABELS,
     PRESET_ENV,
-    PRESETS_BY_RELEASE,
     RequestFields,
     max_tokens_from_env,
 )
@@ -394,7 +393,6 @@ def build(page: Page) -> gr.Blocks:
 
 def api(page: Page) -> None:
     """`/attribute` and `/summary`: the request's fields as plain parameters, JSON out."""
-    defaults = {"model": PRESETS_BY_RELEASE[page.start].model}
     graph_options = [
         parameter("max_nodes", float, DEFAULT_MAX_NODES),
         parameter("node_threshold", float, 0.8),
@@ -418,7 +416,6 @@ def api(page: Page) -> None:
             name=name,
             doc=handler.__doc__ or "",
             returns=returns,
-            defaults=defaults,
             extra=extra,
             extra_help=extra_help,
         )

@@ -283,13 +283,15 @@ def test_concurrent_requests_match_sequential_library_runs(served: Served, monke
 # --------------------------------------------------------------------------- page, views, files
 
 
-def test_offline_page_defaults_to_the_bundled_model(served: Served) -> None:
+def test_an_offline_request_naming_no_model_gets_the_bundled_model(served: Served) -> None:
     config = httpx.get(f"{served.url}config", timeout=30).text
     assert "Offline mode" in config
     endpoint = served.client.view_api(print_info=False, return_format="dict")
     parameters = endpoint["named_endpoints"]["/attribute"]["parameters"]
     assert [p["parameter_name"] for p in parameters[:2]] == ["text", "model"]
-    assert parameters[1]["parameter_default"] == "ioi-demo"
+    assert parameters[1]["parameter_default"] == ""  # empty: the deployment's preset
+    run = served.client.predict(text=demo_examples()[0]["text"], api_name="/summary")
+    assert run["model"] == "ioi-demo"
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ from token_trace.app.requests import (
     PRESETS_BY_RELEASE,
     REQUEST_FIELDS,
     RequestFields,
-    default_model,
     default_release,
     load_examples,
     make_settings,
@@ -66,16 +65,23 @@ def test_endpoint_signature_is_the_request_fields_plus_extras():
         name="attribute",
         doc="nodes",
         returns=list[dict],
-        defaults={"model": "ioi-demo"},
         extra=[parameter("top_k", float, 0)],
     )
     signature = inspect.signature(fn)
     assert list(signature.parameters) == [*REQUEST_FIELDS, "top_k"]
     assert signature.parameters["text"].default is inspect.Parameter.empty
-    assert signature.parameters["model"].default == "ioi-demo"
+    assert signature.parameters["model"].default == ""
     assert fn.__annotations__["ig_steps"] is float
     fn(TEXT, top_k=5)
-    assert seen == {"request": RequestFields(TEXT, model="ioi-demo"), "top_k": 5}
+    assert seen == {"request": RequestFields(TEXT), "top_k": 5}
+
+
+def test_a_request_naming_no_model_gets_the_deployments_preset():
+    assert make_settings(RequestFields(TEXT), default_release="ioi-demo").model == "ioi-demo"
+    only_release = RequestFields(TEXT, release="pythia-70m-deduped-res-sm")
+    assert make_settings(only_release, default_release="ioi-demo").model == "pythia-70m-deduped"
+    only_model = RequestFields(TEXT, model="gpt2-small")
+    assert make_settings(only_model, default_release="ioi-demo").release == "gpt2-small-res-jb"
 
 
 def test_the_opening_preset_comes_from_the_environment(monkeypatch):
@@ -83,7 +89,6 @@ def test_the_opening_preset_comes_from_the_environment(monkeypatch):
     assert default_release(offline=False) == PRESETS[0].release
     monkeypatch.setenv("TOKEN_TRACE_PRESET", "pythia-70m-deduped-res-sm")
     assert default_release(offline=False) == "pythia-70m-deduped-res-sm"
-    assert default_model(offline=False) == "pythia-70m-deduped"
     assert default_release(offline=True, available=[PRESETS_BY_RELEASE["ioi-demo"]]) == "ioi-demo"
     monkeypatch.setenv("TOKEN_TRACE_PRESET", "gpt2-xl")
     with pytest.raises(ValueError, match="TOKEN_TRACE_PRESET='gpt2-xl' is not a preset"):

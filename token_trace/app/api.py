@@ -25,22 +25,19 @@ def endpoint(
     name: str,
     doc: str,
     returns: object,
-    defaults: Mapping[str, object] | None = None,
     extra: Sequence[inspect.Parameter] = (),
     extra_help: Mapping[str, str] | None = None,
 ) -> Callable[..., Any]:
     """A function `name(text, model, ..., *extra)` that calls `handler(RequestFields, **extra)`.
 
-    `defaults` overrides field defaults for this deployment (e.g. the offline model). The
-    docstring gets an `Args:` section (the request fields' `FIELD_HELP` and `extra_help`), which
+    The docstring gets an `Args:` section (the request fields' `FIELD_HELP` and `extra_help`), which
     Gradio shows in the API page and gives MCP clients as each tool's parameter descriptions.
     """
-    defaults = dict(defaults or {})
     parameters = [
         inspect.Parameter(
             field.name,
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            default=defaults.get(field.name, _default(field)),
+            default=_default(field),
             annotation=_HINTS[field.name],
         )
         for field in fields(RequestFields)

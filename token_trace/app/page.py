@@ -106,6 +106,10 @@ class Page:
         self.start = default_release(offline, self.presets)
         self.examples: list[Example] = load_examples(examples_dir, self.presets, self.start)
 
+    def settings(self, request: RequestFields, layers: Sequence[str] | None = None) -> Settings:
+        """`make_settings`, with this deployment's opening preset for requests naming no model."""
+        return make_settings(request, layers, default_release=self.start)
+
     # ----------------------------------------------------------------------- runs
 
     def run(
@@ -116,7 +120,7 @@ class Page:
         progress: Callable[..., Any] | None = None,
     ) -> dict[str, Any]:
         """Every output of the request's run."""
-        run = self.service.obtain(make_settings(request, layers), progress)
+        run = self.service.obtain(self.settings(request, layers), progress)
         paths = exports.write_exports(run.settings, run.trace, EXPORT_DIR)
         return {
             "run": run,
@@ -199,14 +203,13 @@ class Page:
             run.trace, node_id, card=feature_card, offline=self.offline
         )
 
-    @staticmethod
-    def from_link(params: Mapping[str, str]) -> dict[str, Any]:
+    def from_link(self, params: Mapping[str, str]) -> dict[str, Any]:
         """Input values from a shareable link's query (nothing for a plain visit)."""
         shared = request_from_query(params)
         if shared is None:
             return {"shared_node": None, "shared": False}
         request, node = shared
-        settings = make_settings(request)
+        settings = self.settings(request)
         return {
             "text": request.text,
             "release": settings.release,
@@ -251,7 +254,7 @@ class Page:
         progress: Callable[..., Any] | None = None,
     ) -> dict[str, Any]:
         """The flow graph of the request's `max_nodes` largest nodes, pruned as chosen."""
-        settings = make_settings(request, layers)
+        settings = self.settings(request, layers)
         nodes = _whole(max_nodes, "max_nodes", 1, MAX_GRAPH_NODES)
         graph_run = GraphRun(settings, self.service.graph(settings, nodes, progress))
         return {"graph_run": graph_run, **self.redraw(graph_run, choice)}
@@ -286,7 +289,7 @@ class Page:
     ) -> dict[str, Any]:
         """Estimates against real ablations: the top `k` nodes and every whole layer."""
         check = self.service.verify(
-            make_settings(request, layers), _whole(k, "top_k", 1, 200), progress
+            self.settings(request, layers), _whole(k, "top_k", 1, 200), progress
         )
         scatter, bars = plots.verification_figures(check)
         return {
@@ -304,14 +307,14 @@ class Page:
             raise ValueError(
                 f"top_k must be 0 (every node) or a positive whole number, not {top_k}."
             )
-        result = self.service.obtain(make_settings(request)).trace
+        result = self.service.obtain(self.settings(request)).trace
         table = result.top_nodes(int(top_k)) if top_k else result.nodes
         return exports.records(table)
 
     def summary(self, request: RequestFields) -> dict:
         """The run's metadata: tokens, metric and value, top predictions, per-token totals, and
         warnings (e.g. words the model's vocabulary does not know)."""
-        return exports.summary(self.service.obtain(make_settings(request)).trace)
+        return exports.summary(self.service.obtain(self.settings(request)).trace)
 
     def graph_json(
         self,
@@ -327,7 +330,7 @@ class Page:
         for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie between 0 and 1, got {value}.")
-        settings = make_settings(request)
+        settings = self.settings(request)
         nodes = _whole(max_nodes, "max_nodes", 1, MAX_GRAPH_NODES)
         graph = self.service.graph(settings, nodes).prune(node_threshold, edge_threshold)
         return graph.to_neuronpedia(slug=f"token-trace-{settings.key()}")
@@ -338,7 +341,7 @@ class Page:
         `estimate` and the `real` effect of ablating the whole layer, the sign agreement and
         Spearman rank correlation over the nodes, and the layers whose estimate has the wrong
         sign."""
-        check = self.service.verify(make_settings(request), _whole(top_k, "top_k", 1, 200))
+        check = self.service.verify(self.settings(request), _whole(top_k, "top_k", 1, 200))
         return {
             "nodes": exports.records(check.nodes),
             "layers": exports.records(check.layers),

@@ -94,10 +94,6 @@ def default_release(offline: bool, available: Sequence[Preset] | None = None) ->
     return loading.BUNDLED_MODEL
 
 
-def default_model(offline: bool, available: Sequence[Preset] | None = None) -> str:
-    return PRESETS_BY_RELEASE[default_release(offline, available)].model
-
-
 def max_tokens_from_env() -> int:
     """The per-deployment prompt cap, from `TOKEN_TRACE_MAX_TOKENS` (256 when unset)."""
     raw = os.environ.get(MAX_TOKENS_ENV, "").strip()
@@ -134,7 +130,8 @@ REQUEST_FIELDS = tuple(f.name for f in fields(RequestFields))
 #: What each request field means, for API and MCP tool descriptions.
 FIELD_HELP = {
     "text": "The prompt to attribute.",
-    "model": "Model name (gpt2-small, pythia-70m-deduped, or the offline ioi-demo).",
+    "model": "Model name (gpt2-small, pythia-70m-deduped, or the offline ioi-demo); empty "
+    "follows the release, or the deployment's default model when both are empty.",
     "release": "SAE release; empty picks the model's first preset.",
     "layers": "Comma-separated SAE ids of the release to use; empty uses all.",
     "answer": "Score log p(answer | prompt); a leading space is part of the token (' Mary').",
@@ -241,14 +238,20 @@ def _ig_steps(method: str, ig_steps: float | None) -> int:
     return int(steps)
 
 
-def make_settings(request: RequestFields, layers: str | Sequence[str] | None = None) -> Settings:
+def make_settings(
+    request: RequestFields,
+    layers: str | Sequence[str] | None = None,
+    default_release: str = PRESETS[0].release,
+) -> Settings:
     """Check a request's fields (not yet against the model's tokenizer) and normalise them.
 
     `layers` (the page's checkboxes) overrides the request's comma-separated `layers` when given.
+    A request naming neither model nor release gets the deployment's `default_release`.
     """
     if not request.text or not request.text.strip():
         raise ValueError("The prompt is empty: type some text to attribute.")
-    preset = _preset((request.model or "").strip(), (request.release or "").strip())
+    model, release = (request.model or "").strip(), (request.release or "").strip()
+    preset = _preset(model, release or ("" if model else default_release))
     method = (request.method or "atp").strip().lower()
     if method not in METHOD_LABELS:
         raise ValueError(f"Unknown method {method!r}: use 'atp' or 'ig'.")
