@@ -81,7 +81,11 @@ def write_prompts(path: Path, n: int) -> None:
 def measure(engine: str, prompts: Path, out: Path, args: argparse.Namespace) -> dict[str, object]:
     options = {"engine": engine, "progress": False, "report": False}
     if engine == "ray":
-        options |= {"workers": args.ray_workers, "cpus_per_worker": args.cpus_per_worker}
+        options |= {
+            "workers": args.ray_workers,
+            "cpus_per_worker": args.cpus_per_worker,
+            "memory_per_worker": args.memory_per_worker,
+        }
     start = time.perf_counter()
     result = run_dataset(
         prompts,
@@ -119,6 +123,7 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=8)
     parser.add_argument("--ray-workers", type=int, default=2)
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--memory-per-worker", type=float, default=4.5, help="GiB")
     parser.add_argument("--engines", nargs="+", default=["local", "ray"])
     args = parser.parse_args()
     print(

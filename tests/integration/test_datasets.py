@@ -307,8 +307,10 @@ def test_a_loader_builds_models_the_registries_do_not_know(tmp_path, model, saes
 def test_the_local_engine_refuses_ray_options():
     from token_trace.datasets.engines import engine_named
 
-    assert isinstance(engine_named("local", None, 1.0), LocalEngine)
+    assert isinstance(engine_named("local"), LocalEngine)
     with pytest.raises(ValueError, match="Ray engine"):
-        engine_named("local", 2, 1.0)
+        engine_named("local", workers=2)
+    with pytest.raises(ValueError, match="Ray engine"):
+        engine_named("local", memory_per_worker=4.0)
     with pytest.raises(ValueError, match="Unknown engine"):
-        engine_named("spark", None, 1.0)
+        engine_named("spark")

