@@ -11,11 +11,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import gradio as gr
+import httpx
 import torch
 from gradio_client import Client
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
@@ -161,3 +167,43 @@ def start_app(max_tokens: int = CAP) -> Served:
     demo = module.build(page)
     module.launch(demo, prevent_thread_lock=True, server_port=free_port(), quiet=True)
     return Served(page, demo, demo.local_url, Client(demo.local_url, verbose=False))
+
+
+@contextmanager
+def app_py_offline(env: Mapping[str, str], timeout: float = 180) -> Iterator[tuple[str, float]]:
+    """`python app.py` in a subprocess on a free local port, with `env` (which must keep it off
+    the hub): its URL, and the seconds it took to serve a page saying "Offline mode"."""
+    port = free_port()
+    env = {
+        **env,
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            elapsed = time.perf_counter() - start
+            assert elapsed < timeout, f"app.py did not start within {timeout:.0f} s"
+            try:
+                if "Offline mode" in httpx.get(f"{url}config", timeout=2).text:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        yield url, time.perf_counter() - start
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

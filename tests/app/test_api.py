@@ -21,7 +21,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from transformer_lens import HookedTransformer
 
-from tests.helpers import CAP, ROOT, Served, demo_examples, free_port
+from tests.helpers import CAP, ROOT, Served, app_py_offline, demo_examples
 from token_trace import compute_graph, compute_node_attribution, load_model, trace, verify
 from token_trace.app import exports, service
 from token_trace.loading import release_sae_ids
@@ -296,41 +296,14 @@ def test_an_offline_request_naming_no_model_gets_the_bundled_model(served: Serve
 
 @pytest.mark.slow
 def test_python_app_py_starts_offline_and_answers() -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-    }
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "app.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        while True:
-            assert process.poll() is None, process.stderr.read()
-            assert time.perf_counter() - start < 120, "app.py did not start within 120 s"
-            try:
-                if "Offline mode" in httpx.get(f"{url}config", timeout=2).text:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+    with app_py_offline({**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120) as (url, serving):
+        start = time.perf_counter()
         nodes = Client(url, verbose=False).predict(
             **api_request(demo_examples()[0]), top_k=3, api_name="/attribute"
         )
         assert len(nodes) == 3
-        print(f"python app.py: first result {time.perf_counter() - start:.1f} s after start")
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+        first = serving + time.perf_counter() - start
+        print(f"python app.py: first result {first:.1f} s after start")
 
 
 @pytest.mark.slow

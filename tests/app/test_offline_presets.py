@@ -9,8 +9,6 @@ server, and the opening preset's rules as plain functions.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -19,7 +17,7 @@ import pytest
 from gradio_client import Client
 
 from tests.fake_hub import FakeHub
-from tests.helpers import CAP, ROOT, free_port, load_app_module
+from tests.helpers import CAP, app_py_offline, load_app_module
 from token_trace.app.page import Page
 from token_trace.app.requests import (
     PRESET_ENV,
@@ -81,40 +79,10 @@ def test_offline_the_environment_picks_a_cached_preset_only(monkeypatch) -> None
 @pytest.fixture(scope="module")
 def offline_app(fake_hub: FakeHub) -> Iterator[tuple[str, float]]:
     """`python app.py` with no hub and the fake cache: its URL and the seconds it took to serve."""
-    port = free_port()
     env = fake_hub.env()
     env.pop(PRESET_ENV, None)
-    env.update(
-        GRADIO_SERVER_PORT=str(port),
-        GRADIO_SERVER_NAME="127.0.0.1",
-        GRADIO_ANALYTICS_ENABLED="False",
-    )
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "app.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        while True:
-            assert process.poll() is None, process.stderr.read()
-            assert time.perf_counter() - start < 180, "app.py did not start within 180 s"
-            try:
-                if "Offline mode" in httpx.get(f"{url}config", timeout=2).text:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
-        yield url, time.perf_counter() - start
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with app_py_offline(env) as served:
+        yield served
 
 
 @pytest.mark.slow

@@ -58,16 +58,15 @@ def comparable(nodes: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def request_of(record: dict) -> dict:
+    """A record's fields as the library's arguments (bundled model, CPU)."""
+    fields = {name: record.get(name) for name in ("answer", "contrast", "baseline_text")}
+    return {"text": record["text"], "model": "ioi-demo", "device": "cpu", **fields}
+
+
 def single_call(record: dict) -> pd.DataFrame:
     """`compute_node_attribution` on one record: its node table, the run's metadata in attrs."""
-    return compute_node_attribution(
-        record["text"],
-        "ioi-demo",
-        answer=record.get("answer"),
-        contrast=record.get("contrast"),
-        baseline_text=record.get("baseline_text"),
-        device="cpu",
-    )
+    return compute_node_attribution(**request_of(record))
 
 
 def test_every_record_gets_a_row_and_bad_ones_their_reason(finished):
@@ -259,15 +258,7 @@ def test_graphs_per_prompt_and_over_the_set(tmp_path):
     options = {"max_nodes": 40, "node_threshold": 0.9, "edge_threshold": 0.99}
     result = run_dataset(path, tmp_path / "out", progress=False, graph=True, **SETTINGS, **options)
     for record in records:
-        graph = compute_graph(
-            record["text"],
-            "ioi-demo",
-            answer=record.get("answer"),
-            contrast=record.get("contrast"),
-            baseline_text=record.get("baseline_text"),
-            device="cpu",
-            **options,
-        )
+        graph = compute_graph(**request_of(record), **options)
         got = result.graph_edges([record["id"]]).drop(columns="prompt_id")
         got = got.sort_values(["source", "target"]).reset_index(drop=True)
         want = graph.edges.sort_values(["source", "target"]).reset_index(drop=True)
