@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from token_trace.attribution import AttributionRun
 from token_trace.datasets.layout import RunDir, write_table
 from token_trace.datasets.settings import DatasetSettings
 from token_trace.graph import EDGE_COLUMNS, Graph, graph_from_trace
@@ -217,9 +218,7 @@ class ShardWorker:
         lengths = {slot: len(records[slot]["text"]) for slot in slots}
         batches = []
         for with_baseline in (False, True):
-            group = [
-                s for s in slots if (records[s].get("baseline_text") is not None) == with_baseline
-            ]
+            group = [s for s in slots if _has_baseline(records[s]) == with_baseline]
             group.sort(key=lengths.__getitem__)
             batches += [group[i : i + size] for i in range(0, len(group), size)]
         return batches
@@ -256,9 +255,9 @@ class ShardWorker:
             return done
         return done
 
-    def _trace(self, records: Sequence[dict]) -> tuple[list[Trace], object]:
+    def _trace(self, records: Sequence[dict]) -> tuple[list[Trace], AttributionRun]:
         settings = self.settings
-        baselines = [r.get("baseline_text") for r in records]
+        baselines = [r.get("baseline_text") for r in records]  # all or none: see `_batches`
         with warnings.catch_warnings():
             # Unknown words go into each trace's `warnings` and the prompt row; no console noise.
             warnings.simplefilter("ignore", UnknownWordsWarning)
@@ -276,7 +275,7 @@ class ShardWorker:
                 sae_dtype=settings.sae_dtype,
             )
 
-    def _graph(self, result: Trace, run: object) -> Graph:
+    def _graph(self, result: Trace, run: AttributionRun) -> Graph:
         settings = self.settings
         return graph_from_trace(
             result,
