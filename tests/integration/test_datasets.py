@@ -236,7 +236,8 @@ def test_the_cli_runs_a_dataset_and_reports_errors_plainly(prompt_file, tmp_path
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "6 attributed" in printed and "prompts/s" in printed
-    assert (tmp_path / "cli" / "report.html").read_text().count("Top features") == 1
+    report = (tmp_path / "cli" / "report.html").read_text()
+    assert report.count("Top features") == 1 and "not valid JSON" in report
     assert cli.main(["dataset", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)]) == 2
     assert "No prompt file" in capsys.readouterr().err
     argv = [
@@ -257,6 +258,7 @@ def test_graphs_per_prompt_and_over_the_set(tmp_path):
     path = write_jsonl(tmp_path / "g.jsonl", records)
     options = {"max_nodes": 40, "node_threshold": 0.9, "edge_threshold": 0.99}
     result = run_dataset(path, tmp_path / "out", progress=False, graph=True, **SETTINGS, **options)
+    assert "None: every record was attributed." in result.run_dir.report.read_text()
     for record in records:
         graph = compute_graph(**request_of(record), **options)
         got = result.graph_edges([record["id"]]).drop(columns="prompt_id")

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 TOP_FEATURES = 30
 SHOWN_ERRORS = 50
 POSITIVE, NEGATIVE, ERROR = "#2563eb", "#dc2626", "#9ca3af"
+METHOD_NAMES = {"atp": "attribution patching", "ig": "integrated gradients"}
 
 
 def write_report(result: DatasetResult) -> None:
@@ -108,6 +109,12 @@ def _page(
         for r in failed.itertuples()
     )
     more = result.n_errors - len(failed)
+    failed_table = (
+        f"<table><tr><th>id</th><th>reason</th></tr>{error_rows}</table>"
+        if error_rows
+        else "<p>None: every record was attributed.</p>"
+    )
+    method = METHOD_NAMES.get(settings.method, settings.method)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>token-trace dataset report</title>
 <style>
@@ -117,14 +124,14 @@ td, th {{ border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: le
 </style></head><body>
 <h1>token-trace dataset report</h1>
 <p>{html.escape(settings.model)} · SAEs {html.escape(settings.saes or "(the model's default)")} ·
-{settings.method.upper()} · {result.n_prompts} prompts: {result.n_ok} attributed,
+{method} · {result.n_prompts} prompts: {result.n_ok} attributed,
 {result.n_errors} failed{" · BOS nodes left out" if settings.exclude_bos else ""}.</p>
 {"".join(figures)}
 <h2>Top features</h2>
 <table><tr><th>feature</th><th>mean attribution</th><th>mean |attribution|</th>
 <th>active in</th><th>top prompts</th></tr>{feature_rows}</table>
 <h2>Failed records</h2>
-<table><tr><th>id</th><th>reason</th></tr>{error_rows}</table>
+{failed_table}
 {f"<p>… and {more} more (see prompts/).</p>" if more > 0 else ""}
 </body></html>
 """
