@@ -238,6 +238,10 @@ def test_the_cli_runs_a_dataset_and_reports_errors_plainly(prompt_file, tmp_path
     assert "6 attributed" in printed and "prompts/s" in printed
     report = (tmp_path / "cli" / "report.html").read_text()
     assert report.count("Top features") == 1 and "not valid JSON" in report
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": ""}, {"text": 3}])
+    assert cli.main([*argv[:1], str(bad), "--out", str(tmp_path / "bad"), *argv[4:]]) == 0
+    printed = capsys.readouterr().out
+    assert "0 attributed, 2 failed" in printed and "No active features" in printed
     assert cli.main(["dataset", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)]) == 2
     assert "No prompt file" in capsys.readouterr().err
     argv = [

@@ -108,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     features = result.features()
     top = features[features["node_type"] == "feature"].head(SHOWN_FEATURES)
+    if top.empty:
+        print("No active features: no record was attributed (prompts/ holds each reason).")
+        return 0
     columns = ["layer", "feature", "mean_attribution", "mean_abs_attribution", "n_prompts_active"]
     with pd.option_context("display.width", 120):
         print(top[columns].to_string(index=False))
