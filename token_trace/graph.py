@@ -42,6 +42,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
 
 from token_trace.attribution import AttributionRun, Batch, capture_pass
+from token_trace.files import write_text
 from token_trace.hook_names import is_residual, residual_depth
 from token_trace.hooks import hooked, model_lock
 from token_trace.nodes import COLUMNS
@@ -126,10 +127,7 @@ class Graph:
         """Write `to_neuronpedia()` as JSON, through a temporary name (never half a file)."""
         path = Path(path)
         slug = slug or re.sub(r"[^a-z0-9-]+", "-", path.stem.lower()).strip("-") or None
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps(self.to_neuronpedia(slug), ensure_ascii=False))
-        partial.replace(path)
-        return path
+        return write_text(path, json.dumps(self.to_neuronpedia(slug), ensure_ascii=False))
 
 
 def compute_graph(

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from token_trace.files import write_parquet
 from token_trace.neuronpedia import feature_url
 from token_trace.nodes import (
     COLUMNS,
@@ -211,15 +212,10 @@ class Trace:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write one Parquet file (nodes as rows, the rest as JSON metadata), atomically."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        path = Path(path)
         table = pa.Table.from_pandas(self.nodes, preserve_index=False)
         metadata = {**(table.schema.metadata or {}), _PARQUET_KEY: json.dumps(self.metadata())}
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        pq.write_table(table.replace_schema_metadata(metadata), partial)
-        partial.replace(path)
-        return path
+        return write_parquet(table.replace_schema_metadata(metadata), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Trace:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
 from token_trace.app.requests import Settings
+from token_trace.files import write_atomically
 from token_trace.graph import Graph
 from token_trace.records import Trace
 
@@ -87,9 +87,7 @@ def write_exports(settings: Settings, result: Trace, directory: Path) -> dict[st
     for kind, (name, write) in writers.items():
         paths[kind] = folder / name
         if not paths[kind].exists():
-            partial = folder / f".{name}.{threading.get_ident()}.tmp"
-            write(partial)
-            partial.replace(paths[kind])
+            write_atomically(paths[kind], write)
     return paths
 
 

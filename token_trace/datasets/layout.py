@@ -24,7 +24,8 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from token_trace.files import PARTIAL_GLOB, write_parquet, write_text
 
 FORMAT_VERSION = 1
 
@@ -90,7 +91,7 @@ class RunDir:
         else:
             self.root.mkdir(parents=True, exist_ok=True)
             write_text(self.manifest, json.dumps(manifest, indent=2, sort_keys=True))
-        for partial in self.root.rglob(".*.partial"):
+        for partial in self.root.rglob(PARTIAL_GLOB):
             partial.unlink(missing_ok=True)
 
     def read_manifest(self) -> dict[str, Any] | None:
@@ -99,30 +100,10 @@ class RunDir:
         return json.loads(self.manifest.read_text())
 
 
-def write_table(
-    frame: pd.DataFrame | pa.Table, path: Path, schema: pa.Schema | None = None
-) -> None:
-    """Write a Parquet file through a temporary name in the same folder (never half a file)."""
-    table = (
-        frame
-        if isinstance(frame, pa.Table)
-        else pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-    )
+def write_table(frame: pd.DataFrame, path: Path, schema: pa.Schema | None = None) -> None:
+    """Write a Parquet file in `schema` (inferred when None), creating its folder; atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partial_name(path)
-    pq.write_table(table, partial)
-    partial.replace(path)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary name in the same folder."""
-    partial = _partial_name(path)
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
-
-
-def _partial_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+    write_parquet(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path)
 
 
 def _difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from token_trace.datasets.layout import write_text
+from token_trace.files import write_text
 
 if TYPE_CHECKING:
     from token_trace.datasets.run import DatasetResult
