@@ -133,6 +133,18 @@ def _single_token(model: HookedTransformer, answer: str | int | Sequence[int], r
     return ids[0]
 
 
+def tokenizer_length(model: HookedTransformer, text: str) -> int | None:
+    """How many tokens the model's tokenizer makes of `text` (None when it has no tokenizer).
+
+    A cheap pre-check of a length cap, before any run. It asks the tokenizer itself, not
+    `model.to_tokens`: that one changes the model's BOS default while it runs (a race with other
+    requests) and puts the tokens on the model's device, which ZeroGPU's main process lacks.
+    """
+    if model.tokenizer is None:
+        return None
+    return len(model.tokenizer(text)["input_ids"])
+
+
 def _check_length(model: HookedTransformer, n_tokens: int) -> None:
     if n_tokens > model.cfg.n_ctx:
         raise ValueError(

@@ -29,6 +29,7 @@ from token_trace.ablation import Verification, verify
 from token_trace.app.requests import MAX_TOKENS_ENV, PRESETS_BY_RELEASE, Settings
 from token_trace.graph import Graph, compute_graph
 from token_trace.pipeline import resolve, trace
+from token_trace.prompts import tokenizer_length
 from token_trace.records import Trace
 
 logger = logging.getLogger("token_trace.app")
@@ -54,12 +55,8 @@ def load_and_check(settings: Settings, max_tokens: int) -> None:
     again for each request. The rest of the prompt is checked by the library during the run.
     """
     model = _load(settings.model, settings.release, settings.sae_ids)
-    if model.tokenizer is None:
-        return
-    # The tokenizer itself, not `model.to_tokens`: that one changes the model's BOS default while it
-    # runs and would put the tokens on the model's device, which ZeroGPU's main process lacks.
-    n_tokens = len(model.tokenizer(settings.text)["input_ids"])
-    if n_tokens > max_tokens:
+    n_tokens = tokenizer_length(model, settings.text)
+    if n_tokens is not None and n_tokens > max_tokens:
         raise ValueError(
             f"The prompt is {n_tokens} tokens; this deployment attributes at most {max_tokens} "
             f"({MAX_TOKENS_ENV}). Shorten it."

@@ -29,6 +29,7 @@ from token_trace.datasets.settings import DatasetSettings
 from token_trace.graph import EDGE_COLUMNS, Graph, graph_from_trace
 from token_trace.nodes import COLUMNS
 from token_trace.pipeline import PromptError, UnknownWordsWarning, resolve, traces_and_run
+from token_trace.prompts import tokenizer_length
 from token_trace.records import Trace
 
 _CATEGORY = pa.dictionary(pa.int32(), pa.string())
@@ -204,10 +205,10 @@ class ShardWorker:
 
     def _too_long(self, record: dict) -> str | None:
         limit = self.settings.max_tokens
-        if limit is None or self.model.tokenizer is None:
+        if limit is None:
             return None
-        n_tokens = len(self.model.tokenizer(record["text"])["input_ids"])
-        if n_tokens > limit:
+        n_tokens = tokenizer_length(self.model, record["text"])
+        if n_tokens is not None and n_tokens > limit:
             return f"The prompt is {n_tokens} tokens; this run attributes at most {limit}."
         return None
 
