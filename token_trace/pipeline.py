@@ -343,7 +343,5 @@ def _naming_prompt(index: int, n_prompts: int) -> Iterator[None]:
     """Say which prompt of the call a validation error is about."""
     try:
         yield
-    except PromptError:
-        raise
     except ValueError as error:
         raise PromptError(index, str(error), n_prompts) from error

@@ -125,10 +125,11 @@ def run_dataset(
         for index in range(n_shards)
         if index not in finished
     ]
+    n_pending = sum(len(shard.records) for shard in pending)
     summaries: list[dict[str, Any]] = []
     bar = tqdm(
         total=len(table),
-        initial=len(table) - sum(len(shard.records) for shard in pending),
+        initial=len(table) - n_pending,
         unit="prompt",
         desc="attributing",
         disable=not progress,
@@ -137,18 +138,21 @@ def run_dataset(
     )
     start = time.perf_counter()
     with bar:
+        errors = 0
 
         def on_shard(summary: dict[str, Any]) -> None:
+            nonlocal errors
             summaries.append(summary)
+            errors += int(summary["n_prompts"]) - int(summary["n_ok"])
             bar.update(int(summary["n_prompts"]))
-            bar.set_postfix(errors=sum(int(s["n_prompts"] - s["n_ok"]) for s in summaries))
+            bar.set_postfix(errors=errors)
 
         runner.run_shards(pending, chosen, run_dir, on_shard)
     seconds = time.perf_counter() - start
-    prompts_table = _read(run_dir.shard_files("prompts"), columns=["status"])
-    n_ok = int((prompts_table["status"] == "ok").sum())
-    shard_ids = sorted(run_dir.finished_shards())
-    _aggregate(runner, run_dir, chosen, shard_ids, n_ok)
+    outcomes = _read(run_dir.shard_files("prompts"), columns=["status", "graph_nodes"])
+    n_ok = int((outcomes["status"] == "ok").sum())
+    n_graphs = int(outcomes["graph_nodes"].notna().sum())
+    _aggregate(runner, run_dir, chosen, sorted(run_dir.finished_shards()), n_ok, n_graphs)
     result = DatasetResult(
         out_dir=run_dir.root,
         settings=chosen,
@@ -157,8 +161,8 @@ def run_dataset(
         n_errors=len(table) - n_ok,
         n_shards=n_shards,
         resumed_shards=len(finished),
-        prompts_run=sum(len(shard.records) for shard in pending),
-        prompts_per_second=sum(len(s.records) for s in pending) / seconds if pending else 0.0,
+        prompts_run=n_pending,
+        prompts_per_second=n_pending / seconds if pending else 0.0,
         shards=pd.DataFrame(summaries),
     )
     if report:
@@ -167,17 +171,18 @@ def run_dataset(
 
 
 def _aggregate(
-    runner: Any, run_dir: RunDir, settings: DatasetSettings, shards: list[int], n_ok: int
+    runner: Any,
+    run_dir: RunDir,
+    settings: DatasetSettings,
+    shards: list[int],
+    n_ok: int,
+    n_graphs: int,
 ) -> None:
-    """Write the aggregate tables from the finished shards (each shard read on its own)."""
+    """Write the aggregate tables from the finished shards (each shard read on its own);
+    `n_ok` prompts were attributed, `n_graphs` of them have a graph."""
     partials = runner.partials(run_dir, "features", shards, settings.exclude_bos)
     write_table(combine_features(partials, n_ok), run_dir.features)
     if settings.graph:
-        n_graphs = int(
-            _read(run_dir.shard_files("prompts"), columns=["graph_nodes"])["graph_nodes"]
-            .notna()
-            .sum()
-        )
         nodes, edges = combine_graph(
             runner.partials(run_dir, "graph_nodes", shards, settings.exclude_bos),
             runner.partials(run_dir, "graph_edges", shards, settings.exclude_bos),
