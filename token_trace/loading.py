@@ -17,6 +17,7 @@ import urllib.request
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from sae_lens import SAE
@@ -50,12 +51,16 @@ class Bundle:
     load_model: Callable[[str], HookedTransformer]  # device -> model
     load_saes: Callable[[str, str], dict[str, SAE]]  # device, dtype -> SAEs by hook name
     sae_ids: Callable[[], list[str]]
+    #: (hook name, feature index) -> the feature's offline card, or None where it has none.
+    feature_card: Callable[[str, int], dict[str, Any] | None]
 
 
 #: Releases served from files inside the package, one entry each; every other release name is
 #: looked up in SAELens's registry. Each bundled release is also a model of the same name.
 BUNDLED: dict[str, Bundle] = {
-    BUNDLED_MODEL: Bundle(demo.load_demo_model, demo.load_demo_saes, demo.demo_hook_names),
+    BUNDLED_MODEL: Bundle(
+        demo.load_demo_model, demo.load_demo_saes, demo.demo_hook_names, demo.feature_card
+    ),
 }
 
 
@@ -183,6 +188,15 @@ def find_release(name: str) -> Release:
     overrides = info.config_overrides or {}
     kwargs = dict(overrides.get("model_from_pretrained_kwargs", {}) or {})
     return Release(name, info.model, tuple(info.saes_map), kwargs, None)
+
+
+def feature_card(release: str | None, hook_name: str, feature: int) -> dict[str, Any] | None:
+    """The offline card of one feature of `release` (bundled releases ship them), else None.
+
+    Cards belong to the release, not to a hook name: two releases may read the same hook.
+    """
+    bundle = BUNDLED.get(release) if release else None
+    return None if bundle is None else bundle.feature_card(hook_name, feature)
 
 
 def release_sae_ids(release: str) -> list[str]:

@@ -34,9 +34,7 @@ def test_views_escape_prompt_text() -> None:
     pages = [
         render.tokens_html(evil_trace),
         render.summary_html(evil_trace, 0.1),
-        render.feature_panel_html(
-            evil_trace, int(nodes.index[0]), card=lambda h, f: None, offline=True
-        ),
+        render.feature_panel_html(evil_trace, int(nodes.index[0]), offline=True),
         plots.layer_position_heatmap(evil_trace, nodes).to_json(),
         plots.attribution_scatter(nodes).to_json(),
     ]

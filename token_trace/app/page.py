@@ -28,7 +28,6 @@ from token_trace.app.requests import (
     share_query,
 )
 from token_trace.app.service import Run, Service
-from token_trace.demo import feature_card
 from token_trace.graph import Graph, node_ids
 
 EXPORT_DIR = Path(tempfile.gettempdir()) / "token-trace-exports"
@@ -188,7 +187,7 @@ class Page:
         if run is None:
             return {"panel": render.PANEL_HINT, "selected": None}
         node = render.node_from_row(row, index, self.table(run, filters))
-        panel = render.feature_panel_html(run.trace, node, card=feature_card, offline=self.offline)
+        panel = render.feature_panel_html(run.trace, node, offline=self.offline)
         selected = None
         if node is not None and node in run.trace.nodes.index:
             chosen = run.trace.nodes.loc[[node]]
@@ -200,7 +199,7 @@ class Page:
         if run is None or not node_id:
             return render.PANEL_HINT
         return render.graph_node_panel_html(
-            run.trace, node_id, card=feature_card, offline=self.offline
+            run.trace, node_id, offline=self.offline
         )
 
     def from_link(self, params: Mapping[str, str]) -> dict[str, Any]:
@@ -276,7 +275,7 @@ class Page:
         if graph_run is None or not node_id:
             return {"panel": render.PANEL_HINT, "selected": None}
         panel = render.graph_node_panel_html(
-            graph_run.graph.trace, node_id, card=feature_card, offline=self.offline
+            graph_run.graph.trace, node_id, offline=self.offline
         )
         return {"panel": panel, "selected": node_id}
 

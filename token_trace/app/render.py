@@ -17,6 +17,7 @@ from token_trace.ablation import Verification
 from token_trace.app.requests import METHOD_LABELS, Preset
 from token_trace.app.theme import signed_background
 from token_trace.graph import Graph
+from token_trace import loading
 from token_trace.loading import is_bundled
 from token_trace.neuronpedia import embed_url, feature_url, quick_list_url
 from token_trace.nodes import top_nodes, without_bos
@@ -265,13 +266,10 @@ def feature_panel_html(
     result: Trace,
     node_index: int | None,
     *,
-    card: Callable[[str, int], Mapping | None],
     offline: bool,
 ) -> str:
-    """The panel for one selected node: Neuronpedia's page in an iframe, or an offline card.
-
-    `card(hook_name, feature)` supplies the bundled model's feature card (None when it has none).
-    """
+    """The panel for one selected node: Neuronpedia's page in an iframe, or the offline card its
+    release ships (`loading.feature_card`)."""
     if node_index is None or node_index not in result.nodes.index:
         return PANEL_HINT
     node = result.nodes.loc[node_index]
@@ -295,7 +293,8 @@ def feature_panel_html(
             ' referrerpolicy="no-referrer"></iframe>'
         )
         return f'<div class="tt-panel">{head}{body}</div>'
-    details = card(str(node["hook_name"]), feature)
+    record = result.sae(str(node["hook_name"]))
+    details = loading.feature_card(record.release, record.hook_name, feature)
     if details is None:
         body = "<p>No Neuronpedia page or feature card is known for this SAE.</p>"
     else:
@@ -306,7 +305,7 @@ def feature_panel_html(
 def feature_card_html(card: Mapping) -> str:
     """The bundled model's offline card: density, promoted tokens, top-activating contexts.
 
-    `card` is `token_trace.demo.feature_card(...)`: `density`, `top_logits` ([token, effect]
+    `card` is `token_trace.loading.feature_card(...)`: `density`, `top_logits` ([token, effect]
     pairs) and `contexts` (`tokens`, the activating token's `index`, its `activation`).
     """
     logits = "".join(
@@ -422,7 +421,6 @@ def graph_node_panel_html(
     result: Trace,
     node_id: str,
     *,
-    card: Callable[[str, int], Mapping | None],
     offline: bool,
 ) -> str:
     """The panel for a clicked graph node: the table row's panel for SAE nodes; a line for the
@@ -447,7 +445,7 @@ def graph_node_panel_html(
             f"<b>{html.escape(result.metric.description)}</b> = "
             f"{format_value(result.metric.value)}</div></div>"
         )
-    return feature_panel_html(result, int(match[0]), card=card, offline=offline)
+    return feature_panel_html(result, int(match[0]), offline=offline)
 
 
 def verification_html(check: Verification) -> str:
