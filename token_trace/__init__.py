@@ -21,7 +21,7 @@ _PUBLIC = {
     "Verification": "token_trace.ablation",
     "verify": "token_trace.ablation",
     "nodes_in": "token_trace.ablation",
-    "DatasetResult": "token_trace.datasets.run",
+    "DatasetResult": "token_trace.datasets.result",
     "run_dataset": "token_trace.datasets.run",
     "DatasetSettings": "token_trace.datasets.settings",
     "read_prompts": "token_trace.datasets.inputs",
@@ -35,6 +35,8 @@ _PUBLIC = {
     "layer_totals": "token_trace.nodes",
     "position_totals": "token_trace.nodes",
     "top_nodes": "token_trace.nodes",
+    "AnswerTokenWarning": "token_trace.pipeline",
+    "TOP_PREDICTION": "token_trace.options",
     "UnknownWordsWarning": "token_trace.pipeline",
     "compute_node_attribution": "token_trace.pipeline",
     "compute_node_attribution_batch": "token_trace.pipeline",
@@ -50,6 +52,8 @@ _PUBLIC = {
 
 __all__ = [
     "COLUMNS",
+    "TOP_PREDICTION",
+    "AnswerTokenWarning",
     "DatasetResult",
     "DatasetSettings",
     "Graph",
@@ -106,12 +110,15 @@ if TYPE_CHECKING:
         verify,
     )
     from token_trace.datasets.inputs import read_prompts
-    from token_trace.datasets.run import DatasetResult, run_dataset
+    from token_trace.datasets.result import DatasetResult
+    from token_trace.datasets.run import run_dataset
     from token_trace.datasets.settings import DatasetSettings
     from token_trace.graph import Graph, compute_graph, graph_from_trace
     from token_trace.loading import LoadError, load_model, load_saes
     from token_trace.nodes import COLUMNS, layer_totals, position_totals, top_nodes
+    from token_trace.options import TOP_PREDICTION
     from token_trace.pipeline import (
+        AnswerTokenWarning,
         UnknownWordsWarning,
         compute_node_attribution,
         compute_node_attribution_batch,

@@ -31,8 +31,7 @@ from transformer_lens.hook_points import HookPoint
 from token_trace.hook_names import block_index, resid_pre
 from token_trace.hooks import final_residual, hooked, logits_at
 from token_trace.metrics import Metric
-
-METHODS = ("atp", "ig")
+from token_trace.options import TraceOptions
 
 # Node extraction uses sparse CSR kernels (see `_SparseRows`), which PyTorch labels beta with a
 # warning on first use; they are exact, and the tests check every node against autograd.
@@ -348,26 +347,27 @@ class AttributionRun:
     results: list[Attribution]
     clean: CapturedPass
     baseline: CapturedPass | None
+    #: What the run ran on, so callers going on from it (graphs) never resolve them again.
+    model: HookedTransformer
+    saes: Mapping[str, SAE]
 
 
 def attribute(
     model: HookedTransformer,
     saes: Mapping[str, SAE],
     batch: Batch,
+    options: TraceOptions | None = None,
     *,
-    method: str = "atp",
-    ig_steps: int = 10,
     baseline_tokens: torch.Tensor | None = None,
 ) -> AttributionRun:
     """Attribute each prompt's metric to every node of every SAE in `saes`, one result per prompt.
 
     All prompts share one forward and one backward pass (and, for IG, one batch per SAE layer);
-    `baseline_tokens` are counterfactual prompts padded like `batch.tokens`.
+    `baseline_tokens` are counterfactual prompts padded like `batch.tokens`. `options` gives the
+    method and its steps (checked when the record was made).
     """
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
-    if method == "ig" and ig_steps < 1:
-        raise ValueError("ig_steps must be at least 1.")
+    options = options or TraceOptions()
+    method, ig_steps = options.method, options.ig_steps
     hook_names = list(saes)
     layers = {block_index(name) for name in hook_names} - {None}
     clean = capture_pass(
@@ -418,4 +418,4 @@ def attribute(
         )
         for row in range(len(batch.lengths))
     ]
-    return AttributionRun(results, clean, baseline)
+    return AttributionRun(results, clean, baseline, model, saes)

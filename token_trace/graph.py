@@ -41,12 +41,25 @@ from sae_lens import SAE
 from transformer_lens import HookedTransformer
 from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
 
-from token_trace.attribution import AttributionRun, Batch, capture_pass
+from token_trace.attribution import AttributionRun, Batch, CapturedPass, capture_pass
 from token_trace.files import write_text
 from token_trace.hook_names import is_residual, residual_depth
 from token_trace.hooks import hooked, model_lock
 from token_trace.nodes import COLUMNS
-from token_trace.pipeline import SAEArgument, resolve, traces_and_run
+from token_trace.options import (
+    DEFAULT_EDGE_THRESHOLD,
+    DEFAULT_MAX_NODES,
+    DEFAULT_MODEL,
+    DEFAULT_NODE_THRESHOLD,
+    NODE_TYPES,
+    Answer,
+    GraphOptions,
+    MetricArgument,
+    PromptSpec,
+    SAEDtype,
+    TraceOptions,
+)
+from token_trace.pipeline import Loaded, SAEArgument, either, resolve, run_traces
 from token_trace.prompts import TextOrTokens
 from token_trace.records import Trace
 from token_trace.replay import model_and_saes, replay
@@ -55,7 +68,6 @@ from token_trace.replay import model_and_saes, replay
 LINEAR_WHERE_ACTIVE = frozenset({"standard", "topk", "jumprelu", "batchtopk"})
 #: Seeds (downstream nodes) per batched backward: bounds memory at `SEED_BATCH x T x d_model`.
 SEED_BATCH = 64
-NODE_TYPES = ["embedding", "feature", "error", "metric"]
 GRAPH_COLUMNS = ["node_id", *COLUMNS, "influence"]
 EDGE_COLUMNS = [
     "source",
@@ -132,18 +144,19 @@ class Graph:
 
 def compute_graph(
     text: TextOrTokens,
-    model: str | HookedTransformer = "gpt2-small",
+    model: str | HookedTransformer = DEFAULT_MODEL,
     saes: SAEArgument = None,
     *,
-    answer: str | int | None = None,
-    contrast: str | int | None = None,
-    metric: str | None = None,
-    baseline_text: TextOrTokens | None = None,
-    max_nodes: int | None = 200,
-    node_threshold: float | None = 0.8,
-    edge_threshold: float | None = 0.98,
+    answer: Answer | None = None,
+    contrast: Answer | None = None,
+    counterfactual: TextOrTokens | None = None,
+    metric: MetricArgument = None,
+    max_nodes: int | None = DEFAULT_MAX_NODES,
+    node_threshold: float | None = DEFAULT_NODE_THRESHOLD,
+    edge_threshold: float | None = DEFAULT_EDGE_THRESHOLD,
     device: str | None = None,
-    sae_dtype: str = "float32",
+    sae_dtype: SAEDtype = "float32",
+    baseline_text: TextOrTokens | None = None,
 ) -> Graph:
     """Attribute `text` (attribution patching) and compute the graph of its top nodes.
 
@@ -151,27 +164,19 @@ def compute_graph(
     (features and errors; None keeps all) before any edge is computed, and the thresholds prune
     by influence on the metric (None switches that pruning off).
     """
-    (result,), run = traces_and_run(
-        [text],
-        model,
-        saes,
-        answers=None if answer is None else [answer],
-        contrasts=None if contrast is None else [contrast],
-        metric=metric,
-        baseline_texts=None if baseline_text is None else [baseline_text],
-        device=device,
-        sae_dtype=sae_dtype,
-    )
-    model_obj, _, sae_dict, _ = resolve(model, saes, device, sae_dtype)  # cached by now
-    return graph_from_trace(
-        result,
-        model=model_obj,
-        saes=sae_dict,
-        max_nodes=max_nodes,
-        node_threshold=node_threshold,
-        edge_threshold=edge_threshold,
-        run=run,
-    )
+    prompt = PromptSpec(text, answer, contrast, either(counterfactual, baseline_text))
+    options = TraceOptions(metric=metric, device=device, sae_dtype=sae_dtype)
+    return graph_of(prompt, resolve(model, saes, options), options,
+                    GraphOptions(max_nodes, node_threshold, edge_threshold))  # fmt: skip
+
+
+def graph_of(
+    prompt: PromptSpec, loaded: Loaded, options: TraceOptions, graph: GraphOptions
+) -> Graph:
+    """`compute_graph` on records: one AtP run, then the graph from its captured passes."""
+    options.check_graphable()
+    (result,), run = run_traces([prompt], loaded, options)
+    return graph_from_run(result, run, graph)
 
 
 def graph_from_trace(
@@ -179,60 +184,121 @@ def graph_from_trace(
     *,
     model: HookedTransformer | None = None,
     saes: Mapping[str, SAE] | None = None,
-    max_nodes: int | None = 200,
-    node_threshold: float | None = 0.8,
-    edge_threshold: float | None = 0.98,
+    max_nodes: int | None = DEFAULT_MAX_NODES,
+    node_threshold: float | None = DEFAULT_NODE_THRESHOLD,
+    edge_threshold: float | None = DEFAULT_EDGE_THRESHOLD,
     device: str | None = None,
-    run: AttributionRun | None = None,
 ) -> Graph:
-    """The graph of a finished attribution-patching trace (see the module docstring).
+    """The graph of a finished attribution-patching trace (see the module docstring): the
+    model is run again on the trace's inputs to capture what the edges need."""
+    options = GraphOptions(max_nodes, node_threshold, edge_threshold)
+    _check_graphable(result)
+    model, saes = model_and_saes(result, model, saes, device)
+    return _graph(result, capture(result, model, saes), model, saes, options)
 
-    `run` is the engine run that made the trace, when the caller has it (`compute_graph`): its
-    captured activations and gradients are reused instead of running the model again.
-    """
+
+def graph_from_run(result: Trace, run: AttributionRun, options: GraphOptions) -> Graph:
+    """The graph of a trace the caller has just made, from its engine run (`run_traces`): its
+    captured activations and gradients, model and SAEs are reused, nothing runs twice."""
+    _check_graphable(result)
+    if len(run.results) != 1:
+        raise ValueError("Graphs are built one prompt at a time: run the prompt alone.")
+    return _graph(result, Passes(run.clean, run.baseline), run.model, run.saes, options)
+
+
+def _check_graphable(result: Trace) -> None:
     if result.method != "atp":
         raise ValueError("Graphs are built from attribution-patching traces (method='atp').")
-    if max_nodes is not None and max_nodes < 1:
-        raise ValueError(f"max_nodes must be at least 1 (or None for all), got {max_nodes}.")
-    for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must lie between 0 and 1 (or be None), got {value}.")
-    model, saes = model_and_saes(result, model, saes, device)
-    layers = _ordered_hooks(result)
-    hook_names = [record.hook_name for record in layers]
-    if run is not None:
-        clean, base = run.clean, run.baseline
-    else:
-        inputs = replay(result, model)
-        batch = Batch.of([inputs.tokens], [inputs.metric])
-        clean = capture_pass(
-            model, batch, batch.tokens, hook_names, with_grads=True, input_blocks={0}
-        )
-        base = None
-        if inputs.baseline_tokens is not None:
-            base = capture_pass(
-                model, batch, inputs.baseline_tokens, hook_names, with_grads=False, input_blocks={0}
-            )
 
-    candidates = _candidate_nodes(result, max_nodes)
+
+def _graph(
+    result: Trace,
+    passes: Passes,
+    model: HookedTransformer,
+    saes: Mapping[str, SAE],
+    options: GraphOptions,
+) -> Graph:
+    """Candidates, their edges layer by layer and to the metric, influence, then pruning."""
+    candidates = _candidate_nodes(result, options.max_nodes)
+    last_hook = _ordered_hooks(result)[-1].hook_name
+    edges = [
+        *_layer_edges(result, passes, model, saes, candidates),
+        _metric_edges(candidates, last_hook),
+    ]
+    all_edges = _edge_table(pd.concat(edges, ignore_index=True), candidates)
+    candidates = candidates.assign(influence=_influence(candidates, all_edges))
+    nodes, kept_edges = _pruned(
+        candidates, all_edges, options.node_threshold, options.edge_threshold
+    )
+    return Graph(
+        trace=result,
+        nodes=nodes,
+        edges=kept_edges,
+        candidate_nodes=candidates,
+        candidate_edges=all_edges,
+        max_nodes=options.max_nodes,
+        node_threshold=options.node_threshold,
+        edge_threshold=options.edge_threshold,
+    )
+
+
+# --------------------------------------------------------------------------- passes
+
+
+@dataclass(frozen=True)
+class Passes:
+    """One prompt's captured clean pass (activations, gradients, block-0 input) and baseline."""
+
+    clean: CapturedPass
+    base: CapturedPass | None
+
+
+def capture(result: Trace, model: HookedTransformer, saes: Mapping[str, SAE]) -> Passes:
+    """Run the model again on a trace's inputs, capturing what the edges need."""
+    hook_names = [record.hook_name for record in result.saes]
+    inputs = replay(result, model)
+    batch = Batch.of([inputs.tokens], [inputs.metric])
+    clean = capture_pass(model, batch, batch.tokens, hook_names, with_grads=True, input_blocks={0})
+    base = None
+    if inputs.baseline_tokens is not None:
+        base = capture_pass(
+            model, batch, inputs.baseline_tokens, hook_names, with_grads=False, input_blocks={0}
+        )
+    return Passes(clean, base)
+
+
+# --------------------------------------------------------------------------- edges
+
+
+def _layer_edges(
+    result: Trace,
+    passes: Passes,
+    model: HookedTransformer,
+    saes: Mapping[str, SAE],
+    candidates: pd.DataFrame,
+) -> list[pd.DataFrame]:
+    """The edges into each SAE layer's candidates from the layer below (tokens below the first).
+
+    Each layer's candidates seed one batched pull-back through the blocks between the two hooks.
+    """
+    clean, base = passes.clean, passes.base
+    layers = _ordered_hooks(result)
     features = result.nodes[result.nodes["node_type"] == "feature"]
     tables = {name: rows for name, rows in features.groupby("hook_name", observed=True)}
     empty = features.iloc[:0]
-    tables = {record.hook_name: tables.get(record.hook_name, empty) for record in layers}
-    groups = [candidates.index[candidates["hook_name"] == record.hook_name] for record in layers]
     edges = []
     # The layer below the first SAE: the token embeddings entering block 0.
     upstream = _embedding_directions(clean, base)
     upstream_ids = candidates.loc[candidates["node_type"] == "embedding", "node_id"].to_numpy()
     upstream_pos = np.arange(len(upstream_ids))
     upstream_act, upstream_depth = clean.block_inputs[0][0], 0
-    for record, rows in zip(layers, groups):
+    for record in layers:
         sae = saes[record.hook_name]
         x = clean.acts[record.hook_name][0].flatten(1)
         g = clean.grads[record.hook_name][0].flatten(1)
         x_base = None if base is None else base.acts[record.hook_name][0].flatten(1)
-        nodes = candidates.loc[rows]
-        active = tables[record.hook_name]
+        nodes = candidates[candidates["hook_name"] == record.hook_name]
+        active = tables.get(record.hook_name, empty)
         position = torch.as_tensor(nodes["position"].to_numpy(copy=True), device=x.device)
         if len(nodes):
             seeds = _seeds(sae, x, g, nodes, active)
@@ -260,29 +326,19 @@ def graph_from_trace(
         upstream_ids, upstream_pos = nodes["node_id"].to_numpy(), position.cpu().numpy()
         upstream_act = clean.acts[record.hook_name][0]
         upstream_depth = residual_depth(record.hook_name)
+    return edges
+
+
+def _metric_edges(candidates: pd.DataFrame, last_hook: str) -> pd.DataFrame:
+    """The last SAE layer's nodes feed the metric with weight = their attribution."""
     metric_id = candidates["node_id"].iloc[-1]
-    last = candidates.loc[groups[-1]]
-    edges.append(
-        pd.DataFrame(
-            {
-                "source": last["node_id"].to_numpy(),
-                "target": metric_id,
-                "weight": last["attribution"].to_numpy().astype(np.float64),
-            }
-        )
-    )
-    all_edges = _edge_table(pd.concat(edges, ignore_index=True), candidates)
-    candidates = candidates.assign(influence=_influence(candidates, all_edges))
-    nodes, kept_edges = _pruned(candidates, all_edges, node_threshold, edge_threshold)
-    return Graph(
-        trace=result,
-        nodes=nodes,
-        edges=kept_edges,
-        candidate_nodes=candidates,
-        candidate_edges=all_edges,
-        max_nodes=max_nodes,
-        node_threshold=node_threshold,
-        edge_threshold=edge_threshold,
+    last = candidates[candidates["hook_name"] == last_hook]
+    return pd.DataFrame(
+        {
+            "source": last["node_id"].to_numpy(),
+            "target": metric_id,
+            "weight": last["attribution"].to_numpy().astype(np.float64),
+        }
     )
 
 

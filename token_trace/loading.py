@@ -29,12 +29,9 @@ from transformer_lens import HookedTransformer
 from transformer_lens.loading_from_pretrained import get_official_model_name
 
 from token_trace import demo
+from token_trace.options import BUNDLED_MODEL, DEFAULT_MODEL, SAE_DTYPES, one_of
 
-DEFAULT_MODEL = "gpt2-small"
 HUB_URL = "https://huggingface.co"
-
-#: The model (and SAE release) that ships inside the package and needs no network.
-BUNDLED_MODEL = "ioi-demo"
 
 #: The SAE release used when a caller names a model but no SAEs.
 DEFAULT_RELEASES: dict[str, str] = {
@@ -301,9 +298,6 @@ def check_release_matches_model(specs: Sequence[SAESpec], model_name: str) -> No
             )
 
 
-SAE_DTYPES = ("float32", "bfloat16", "float16")
-
-
 def load_saes(
     specs: Sequence[SAESpec], device: str | None = None, dtype: str = "float32"
 ) -> dict[str, SAE]:
@@ -312,8 +306,7 @@ def load_saes(
     `dtype` "bfloat16" or "float16" halves the SAEs' memory and speeds up their encodes on a GPU;
     the engine still computes the nodes in the model's precision (see `layer_nodes`).
     """
-    if dtype not in SAE_DTYPES:
-        raise ValueError(f"Unknown SAE dtype {dtype!r}: use one of {SAE_DTYPES}.")
+    one_of(dtype, "SAE dtype", SAE_DTYPES)
     device = device or default_device()
     if dtype != "float32" and torch.device(device).type == "cpu":
         warnings.warn(

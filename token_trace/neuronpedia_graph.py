@@ -13,14 +13,29 @@ influence, largest first), as circuit-tracer writes it for the viewer's pruning.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    from token_trace.graph import Graph
-    from token_trace.records import Trace
+from token_trace.records import Trace
+
+
+class Graph(Protocol):
+    """What the file is written from (`graph.Graph` has it; `graph` imports this module, so the
+    graph is described by shape, not by import)."""
+
+    trace: Trace
+    nodes: pd.DataFrame
+    edges: pd.DataFrame
+    candidate_nodes: pd.DataFrame
+    max_nodes: int | None
+    node_threshold: float | None
+    edge_threshold: float | None
+
+    @property
+    def error_share(self) -> float: ...
+
 
 SCHEMA_VERSION = 1
 #: Neuronpedia's node types, as its viewer knows them.

@@ -8,7 +8,7 @@ beside the model's matrix work.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -16,8 +16,27 @@ import pandas as pd
 from token_trace.attribution import Attribution
 from token_trace.neuronpedia import BASE_URL
 
-if TYPE_CHECKING:
-    from token_trace.records import SAERecord, Trace
+
+class SAEFields(Protocol):
+    """What a node table needs of an SAE (`records.SAERecord` has it; `records` imports this
+    module, so the table is described by shape, not by import)."""
+
+    hook_name: str
+    sae_id: str
+    layer: int
+    neuronpedia_id: str | None
+
+
+class _Prompt(Protocol):
+    bos_position: int | None
+
+
+class NodeSource(Protocol):
+    """What the table helpers need of a trace: its node table and BOS position."""
+
+    nodes: pd.DataFrame
+    prompt: _Prompt
+
 
 COLUMNS = [
     "layer",
@@ -49,7 +68,7 @@ def node_table(
     position: np.ndarray,
     feature: np.ndarray,
     values: Mapping[str, Sequence[float] | np.ndarray],
-    saes: Sequence[SAERecord],
+    saes: Sequence[SAEFields],
     tokens: Sequence[str],
 ) -> pd.DataFrame:
     """The node table in `COLUMNS` order, with the same dtypes however it is built.
@@ -86,7 +105,7 @@ def node_table(
 
 
 def node_frame(
-    attribution: Attribution, saes: Sequence[SAERecord], tokens: Sequence[str]
+    attribution: Attribution, saes: Sequence[SAEFields], tokens: Sequence[str]
 ) -> pd.DataFrame:
     """One prompt's engine result as a node table, sorted by layer, position, then feature (the
     error node last). Built from whole arrays: no Python loop per row."""
@@ -101,7 +120,7 @@ def node_frame(
     return node_table(hook_index[order], position[order], feature[order], values, saes, tokens)
 
 
-def _table_and_bos(nodes: Trace | pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
+def _table_and_bos(nodes: NodeSource | pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
     """A trace's table and BOS position; for a bare DataFrame from `compute_node_attribution`,
     the BOS position its `attrs` carry (the one place the library still reads them)."""
     if isinstance(nodes, pd.DataFrame):
@@ -109,14 +128,14 @@ def _table_and_bos(nodes: Trace | pd.DataFrame) -> tuple[pd.DataFrame, int | Non
     return nodes.nodes, nodes.prompt.bos_position
 
 
-def without_bos(nodes: Trace | pd.DataFrame) -> pd.DataFrame:
+def without_bos(nodes: NodeSource | pd.DataFrame) -> pd.DataFrame:
     """The node table without the BOS position's rows."""
     df, bos = _table_and_bos(nodes)
     return df if bos is None else df[df["position"] != bos]
 
 
 def top_nodes(
-    nodes: Trace | pd.DataFrame,
+    nodes: NodeSource | pd.DataFrame,
     k: int = 20,
     *,
     exclude_bos: bool = False,
@@ -134,7 +153,7 @@ def top_nodes(
     return df.loc[df["attribution"].abs().nlargest(k or len(df)).index]
 
 
-def layer_totals(nodes: Trace | pd.DataFrame, *, exclude_bos: bool = False) -> pd.DataFrame:
+def layer_totals(nodes: NodeSource | pd.DataFrame, *, exclude_bos: bool = False) -> pd.DataFrame:
     """Per SAE layer: summed attribution of its features, of its errors, and the error share.
 
     Summed over a layer's nodes at all positions, attribution estimates the effect of replacing that
@@ -162,7 +181,7 @@ def layer_totals(nodes: Trace | pd.DataFrame, *, exclude_bos: bool = False) -> p
     return out.reset_index()
 
 
-def position_totals(nodes: Trace | pd.DataFrame) -> pd.DataFrame:
+def position_totals(nodes: NodeSource | pd.DataFrame) -> pd.DataFrame:
     """Per token: the mean over SAE layers of the summed attribution of that position's nodes.
 
     Each layer's sum at a position estimates replacing that position's activation at that layer by

@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -16,15 +17,26 @@ from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
 from token_trace import loading
-from token_trace.attribution import AttributionRun, Batch, attribute
+from token_trace.attribution import Attribution, AttributionRun, Batch, attribute
 from token_trace.hook_names import residual_depth
 from token_trace.hooks import model_lock
 from token_trace.nodes import node_frame
+from token_trace.options import (
+    DEFAULT_IG_STEPS,
+    DEFAULT_MODEL,
+    Answer,
+    Method,
+    MetricArgument,
+    PromptSpec,
+    SAEDtype,
+    TraceOptions,
+)
 from token_trace.prompts import (
     Prompt,
     TextOrTokens,
     prepare_baseline,
     prepare_prompt,
+    space_warnings,
     str_tokens,
     unknown_words,
     unknown_words_warning,
@@ -32,18 +44,25 @@ from token_trace.prompts import (
 from token_trace.records import MetricRecord, Prediction, PromptRecord, SAERecord, Trace
 
 SAEArgument = str | Sequence[tuple[str, str]] | Mapping[str, SAE] | None
-Answer = str | int | Sequence[int]
-MetricArgument = str | Callable[[torch.Tensor], torch.Tensor] | None
 N_TOP_PREDICTIONS = 10
 
 
+@dataclass(frozen=True, eq=False)
+class Loaded:
+    """A request's model and SAEs, resolved from names (or taken as given) once."""
+
+    model: HookedTransformer
+    name: str
+    saes: dict[str, SAE]
+    records: tuple[SAERecord, ...]
+
+
 def resolve(
-    model: str | HookedTransformer,
-    saes: SAEArgument,
-    device: str | None,
-    sae_dtype: str = "float32",
-) -> tuple[HookedTransformer, str, dict[str, SAE], tuple[SAERecord, ...]]:
+    model: str | HookedTransformer, saes: SAEArgument, options: TraceOptions | None = None
+) -> Loaded:
     """The model object, its name, the SAEs by hook, and the record of each SAE."""
+    options = options or TraceOptions()
+    device, sae_dtype = options.device, options.sae_dtype
     if isinstance(model, HookedTransformer):
         model_obj, model_name = model, model.cfg.model_name
     else:
@@ -81,22 +100,23 @@ def resolve(
         )
         for hook, sae in sae_dict.items()
     )
-    return model_obj, model_name, sae_dict, records
+    return Loaded(model_obj, model_name, sae_dict, records)
 
 
 def trace(
     text: TextOrTokens,
-    model: str | HookedTransformer = loading.DEFAULT_MODEL,
+    model: str | HookedTransformer = DEFAULT_MODEL,
     saes: SAEArgument = None,
     *,
     answer: Answer | None = None,
     contrast: Answer | None = None,
+    counterfactual: TextOrTokens | None = None,
     metric: MetricArgument = None,
-    method: str = "atp",
-    ig_steps: int = 10,
-    baseline_text: TextOrTokens | None = None,
+    method: Method = "atp",
+    ig_steps: int = DEFAULT_IG_STEPS,
     device: str | None = None,
-    sae_dtype: str = "float32",
+    sae_dtype: SAEDtype = "float32",
+    baseline_text: TextOrTokens | None = None,
 ) -> Trace:
     """Attribute a metric on `text` to every active SAE feature and SAE error node.
 
@@ -108,12 +128,12 @@ def trace(
             `(release, sae_id)` pairs, or a ready `{hook_name: SAE}` dict.
         answer: score log p(answer | text) instead of the last token of `text`.
         contrast: with `answer`, score logit(answer) - logit(contrast) (one token each).
+        counterfactual: a counterfactual prompt of the same token length; nodes are patched to
+            their value on it instead of to zero (`baseline_text` is the older name).
         metric: "logprob" (default), "loss" (mean next-token loss), or a callable mapping logits
             `[batch, pos, d_vocab]` to one value per batch row.
         method: "atp" (attribution patching, one forward and one backward pass) or "ig"
             (integrated gradients per SAE layer, `ig_steps` steps).
-        baseline_text: a counterfactual prompt of the same token length; nodes are patched to
-            their value on it instead of to zero.
         device: where to load named models and SAEs (CUDA when present by default).
         sae_dtype: "bfloat16" or "float16" loads named SAEs at half precision (half the memory,
             faster encodes on a GPU); only the encodes run in it.
@@ -125,147 +145,159 @@ def trace(
     Words the tokenizer does not know are read as its unknown token: in an answer or contrast that
     is an error; in a prompt it is an `UnknownWordsWarning` and an entry of `trace.warnings`.
     """
-    (result,) = trace_batch(
-        [text],
-        model,
-        saes,
-        answers=None if answer is None else [answer],
-        contrasts=None if contrast is None else [contrast],
-        metric=metric,
-        method=method,
-        ig_steps=ig_steps,
-        baseline_texts=None if baseline_text is None else [baseline_text],
-        device=device,
-        sae_dtype=sae_dtype,
-    )
+    prompt = PromptSpec(text, answer, contrast, either(counterfactual, baseline_text))
+    options = TraceOptions(metric, method, ig_steps, sae_dtype, device)
+    (result,), _ = run_traces([prompt], resolve(model, saes, options), options)
     return result
 
 
 def trace_batch(
     texts: Sequence[TextOrTokens],
-    model: str | HookedTransformer = loading.DEFAULT_MODEL,
+    model: str | HookedTransformer = DEFAULT_MODEL,
     saes: SAEArgument = None,
     *,
     answers: Sequence[Answer] | None = None,
     contrasts: Sequence[Answer] | None = None,
+    counterfactuals: Sequence[TextOrTokens] | None = None,
     metric: MetricArgument = None,
-    method: str = "atp",
-    ig_steps: int = 10,
-    baseline_texts: Sequence[TextOrTokens] | None = None,
+    method: Method = "atp",
+    ig_steps: int = DEFAULT_IG_STEPS,
     device: str | None = None,
-    sae_dtype: str = "float32",
+    sae_dtype: SAEDtype = "float32",
+    baseline_texts: Sequence[TextOrTokens] | None = None,
 ) -> list[Trace]:
     """`trace` for several prompts at once: one `Trace` per prompt.
 
     The prompts (of any lengths) run as one padded batch, so a batch costs one forward and one
     backward pass; on a GPU that is little more than one prompt's. `answers`, `contrasts` and
-    `baseline_texts`, when given, hold one entry per prompt; `metric` applies to all. Each trace
-    equals what `trace` returns for its prompt alone (up to float rounding).
+    `counterfactuals` (older name: `baseline_texts`), when given, hold one entry per prompt;
+    `metric` applies to all. Each trace equals what `trace` returns for its prompt alone (up to
+    float rounding).
     """
-    return traces_and_run(
-        texts,
-        model,
-        saes,
-        answers=answers,
-        contrasts=contrasts,
-        metric=metric,
-        method=method,
-        ig_steps=ig_steps,
-        baseline_texts=baseline_texts,
-        device=device,
-        sae_dtype=sae_dtype,
-    )[0]
+    prompts = prompt_specs(texts, answers, contrasts, either(counterfactuals, baseline_texts))
+    options = TraceOptions(metric, method, ig_steps, sae_dtype, device)
+    return run_traces(prompts, resolve(model, saes, options), options)[0]
 
 
-def traces_and_run(
+def either(value: Any, older: Any) -> Any:
+    """A value given under its name or under its older spelling (not both)."""
+    if value is not None and older is not None:
+        raise ValueError("Give the counterfactual prompt once (counterfactual= or baseline_text=).")
+    return older if value is None else value
+
+
+def prompt_specs(
     texts: Sequence[TextOrTokens],
-    model: str | HookedTransformer = loading.DEFAULT_MODEL,
-    saes: SAEArgument = None,
-    *,
-    answers: Sequence[Answer] | None = None,
-    contrasts: Sequence[Answer] | None = None,
-    metric: MetricArgument = None,
-    method: str = "atp",
-    ig_steps: int = 10,
-    baseline_texts: Sequence[TextOrTokens] | None = None,
-    device: str | None = None,
-    sae_dtype: str = "float32",
-) -> tuple[list[Trace], AttributionRun]:
-    """`trace_batch`, and the engine run behind it (graphs go on from its captured passes)."""
+    answers: Sequence[Answer | None] | None = None,
+    contrasts: Sequence[Answer | None] | None = None,
+    counterfactuals: Sequence[TextOrTokens | None] | None = None,
+) -> list[PromptSpec]:
+    """One `PromptSpec` per text from per-prompt lists (each None or one entry per text)."""
     texts = list(texts)
     if not texts:
         raise ValueError("No prompts given.")
-    per_prompt = {"answers": answers, "contrasts": contrasts, "baseline_texts": baseline_texts}
+    per_prompt = {"answers": answers, "contrasts": contrasts, "counterfactuals": counterfactuals}
     for name, values in per_prompt.items():
         if values is not None and len(values) != len(texts):
             raise ValueError(f"{name} has {len(values)} entries for {len(texts)} prompts.")
-    model_obj, model_name, sae_dict, records = resolve(model, saes, device, sae_dtype)
+    return [
+        PromptSpec(
+            text,
+            None if answers is None else answers[index],
+            None if contrasts is None else contrasts[index],
+            None if counterfactuals is None else counterfactuals[index],
+        )
+        for index, text in enumerate(texts)
+    ]
+
+
+def run_traces(
+    prompts: Sequence[PromptSpec], loaded: Loaded, options: TraceOptions
+) -> tuple[list[Trace], AttributionRun]:
+    """The traces of `prompts` and the engine run behind them (graphs go on from its passes).
+
+    Counterfactuals are all or none: one batch is patched to zero or to its counterfactuals.
+    """
+    if not prompts:
+        raise ValueError("No prompts given.")
+    if len({p.counterfactual is None for p in prompts}) > 1:
+        raise ValueError("Give a counterfactual for every prompt of a batch, or for none.")
+    model_obj = loaded.model
     # TransformerLens tokenises by briefly changing the model's defaults (prepend_bos), so
     # tokenising holds the model's lock too: a concurrent request must never lose its BOS.
     with model_lock(model_obj):
-        prompts, baselines, notes = [], [], []
-        for index, text in enumerate(texts):
-            with _naming_prompt(index, len(texts)):
+        prepared, baselines, notes = [], [], []
+        for index, spec in enumerate(prompts):
+            with _naming_prompt(index, len(prompts)):
                 prompt = prepare_prompt(
-                    model_obj,
-                    text,
-                    None if answers is None else answers[index],
-                    None if contrasts is None else contrasts[index],
-                    metric,
+                    model_obj, spec.text, spec.answer, spec.contrast, options.metric
                 )
-                prompts.append(prompt)
-                baseline = None if baseline_texts is None else baseline_texts[index]
-                if baseline is not None:
-                    baselines.append(prepare_baseline(model_obj, baseline, prompt))
-                notes.append(_warnings(model_obj, prompt, baseline, index, len(texts)))
-    batch = Batch.of([p.tokens for p in prompts], [p.metric for p in prompts])
+                prepared.append(prompt)
+                if spec.counterfactual is not None:
+                    baselines.append(prepare_baseline(model_obj, spec.counterfactual, prompt))
+                notes.append(_warnings(model_obj, prompt, spec.counterfactual, index, len(prompts)))
+    batch = Batch.of([p.tokens for p in prepared], [p.metric for p in prepared])
     run = attribute(
         model_obj,
-        sae_dict,
+        loaded.saes,
         batch,
-        method=method,
-        ig_steps=ig_steps,
+        options,
         baseline_tokens=Batch.of(baselines, batch.metrics).tokens if baselines else None,
     )
     traces = [
-        Trace(
-            nodes=node_frame(result, records, prompt.str_tokens),
-            prompt=PromptRecord(
-                text=text if isinstance(text, str) else None,
-                tokens=tuple(prompt.str_tokens),
-                token_ids=tuple(prompt.tokens[0].tolist()),
-                bos_position=_bos_position(model_obj, prompt),
-                target=prompt.target,
-                unknown_words=prompt.unknown_words,
-            ),
-            metric=MetricRecord(
-                name=prompt.metric.name,
-                description=prompt.metric.description,
-                value=result.metric_value,
-                baseline_value=result.baseline_metric_value,
-                positions=prompt.metric.positions,
-                token_ids=prompt.metric.token_ids,
-            ),
-            saes=records,
-            model=model_name,
-            method=method,
-            ig_steps=ig_steps if method == "ig" else None,
-            baseline="zero" if baseline_texts is None else "counterfactual",
-            baseline_text=baseline if isinstance(baseline, str) else None,
-            baseline_token_ids=None if not baselines else tuple(baselines[row][0].tolist()),
-            top_predictions=_top_predictions(model_obj, result.last_logits),
-            warnings=tuple(note),
+        _trace_record(
+            loaded, options, spec, prompt, result, note, baselines[row] if baselines else None
         )
-        for row, (result, prompt, text, baseline, note) in enumerate(
-            zip(run.results, prompts, texts, baseline_texts or [None] * len(texts), notes)
+        for row, (spec, prompt, result, note) in enumerate(
+            zip(prompts, prepared, run.results, notes)
         )
     ]
     return traces, run
 
 
+def _trace_record(
+    loaded: Loaded,
+    options: TraceOptions,
+    spec: PromptSpec,
+    prompt: Prompt,
+    result: Attribution,
+    notes: list[str],
+    baseline_tokens: torch.Tensor | None,
+) -> Trace:
+    """One prompt's engine result with everything a reader needs to interpret it."""
+    return Trace(
+        nodes=node_frame(result, loaded.records, prompt.str_tokens),
+        prompt=PromptRecord(
+            text=spec.text if isinstance(spec.text, str) else None,
+            tokens=tuple(prompt.str_tokens),
+            token_ids=tuple(prompt.tokens[0].tolist()),
+            bos_position=_bos_position(loaded.model, prompt),
+            target=prompt.target,
+            unknown_words=prompt.unknown_words,
+        ),
+        metric=MetricRecord(
+            name=prompt.metric.name,
+            description=prompt.metric.description,
+            value=result.metric_value,
+            baseline_value=result.baseline_metric_value,
+            positions=prompt.metric.positions,
+            token_ids=prompt.metric.token_ids,
+        ),
+        saes=loaded.records,
+        model=loaded.name,
+        method=options.method,
+        ig_steps=options.ig_steps if options.method == "ig" else None,
+        baseline="zero" if baseline_tokens is None else "counterfactual",
+        counterfactual=spec.counterfactual if isinstance(spec.counterfactual, str) else None,
+        baseline_token_ids=None if baseline_tokens is None else tuple(baseline_tokens[0].tolist()),
+        top_predictions=_top_predictions(loaded.model, result.last_logits),
+        warnings=(*notes, *_answer_warnings(loaded.model, spec, prompt, result)),
+    )
+
+
 def compute_node_attribution(
     text: TextOrTokens,
-    model: str | HookedTransformer = loading.DEFAULT_MODEL,
+    model: str | HookedTransformer = DEFAULT_MODEL,
     saes: SAEArgument = None,
     **options: Any,
 ) -> pd.DataFrame:
@@ -279,7 +311,7 @@ def compute_node_attribution(
 
 def compute_node_attribution_batch(
     texts: Sequence[TextOrTokens],
-    model: str | HookedTransformer = loading.DEFAULT_MODEL,
+    model: str | HookedTransformer = DEFAULT_MODEL,
     saes: SAEArgument = None,
     **options: Any,
 ) -> list[pd.DataFrame]:
@@ -311,6 +343,26 @@ def _warnings(
     for note in notes:
         warnings.warn(note, UnknownWordsWarning, stacklevel=4)
     return notes
+
+
+def _answer_warnings(
+    model: HookedTransformer, spec: PromptSpec, prompt: Prompt, result: Attribution
+) -> list[str]:
+    """A typed answer or contrast that is probably the wrong token (a missing or extra leading
+    space), also raised as an `AnswerTokenWarning`. Single-token answers only: their probability
+    is read off the run's own last-position logits."""
+    one_position = {"logprob": 1, "logit_diff": 2}.get(prompt.metric.name)
+    if one_position is None or len(prompt.metric.token_ids) != one_position:
+        return []
+    given = [("answer", spec.answer), ("contrast", spec.contrast)]
+    notes = space_warnings(model, given, result.last_logits)
+    for note in notes:
+        warnings.warn(note, AnswerTokenWarning, stacklevel=4)
+    return notes
+
+
+class AnswerTokenWarning(UserWarning):
+    """A typed answer is unlikely while the same word with(out) a leading space is likely."""
 
 
 def _bos_position(model: HookedTransformer, prompt: Prompt) -> int | None:

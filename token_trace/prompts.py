@@ -15,6 +15,7 @@ from transformer_lens import HookedTransformer
 
 from token_trace import metrics
 from token_trace.metrics import Metric
+from token_trace.options import TOP_PREDICTION, check_metric
 
 TextOrTokens = str | torch.Tensor | Sequence[int]
 
@@ -153,6 +154,12 @@ def _check_length(model: HookedTransformer, n_tokens: int) -> None:
         )
 
 
+def _top_next_token(model: HookedTransformer, tokens: torch.Tensor) -> int:
+    _check_length(model, tokens.shape[1])
+    with torch.no_grad():
+        return int(model(tokens, return_type="logits")[0, -1].argmax())
+
+
 def prepare_prompt(
     model: HookedTransformer,
     text: TextOrTokens,
@@ -165,12 +172,14 @@ def prepare_prompt(
     - no answer: log p(last token of `text` | the tokens before it); the last token is the target,
       so the model reads the tokens before it.
     - `answer`: log p(answer tokens | text), summed over the answer's tokens (the model reads the
-      text and all answer tokens but the last).
+      text and all answer tokens but the last); `TOP_PREDICTION`: the model's top next token.
     - `answer` and `contrast`: logit(answer) - logit(contrast) after the text; one token each.
     - `metric="loss"`: mean next-token loss of the text; a callable: any function of the logits.
     """
     tokens = _prompt_tokens(model, text)
     unknown = tuple(unknown_words(model, text)) if isinstance(text, str) else ()
+    if isinstance(answer, str) and answer == TOP_PREDICTION:
+        answer = _top_next_token(model, tokens)
     if contrast is not None and answer is None:
         raise ValueError("A contrast answer needs an answer to compare against.")
     if callable(metric) or metric == "loss":
@@ -184,10 +193,7 @@ def prepare_prompt(
         else:
             chosen = metrics.custom(metric)
         return Prompt(tokens, str_tokens(model, tokens), chosen, None, tokens.shape[1], unknown)
-    if metric not in (None, "logprob", "logit_diff"):
-        raise ValueError(
-            f"Unknown metric {metric!r}: use 'logprob', 'logit_diff', 'loss' or a callable."
-        )
+    check_metric(metric)
     if metric == "logit_diff" and contrast is None:
         raise ValueError("The logit difference needs both an answer and a contrast.")
 
@@ -228,6 +234,40 @@ def prepare_prompt(
         f"log p({answer_str!r} | prompt)",
     )
     return Prompt(tokens, str_tokens(model, tokens), chosen, answer_str, text_length, unknown)
+
+
+#: A typed answer this unlikely, whose twin with the leading space toggled is this likely and this
+#: many times likelier, is probably the wrong token (' Mary' and 'Mary' are different tokens).
+UNLIKELY, LIKELY, RATIO = 0.01, 0.05, 20.0
+
+
+def space_warnings(
+    model: HookedTransformer,
+    answers: Sequence[tuple[str, object]],
+    next_logits: torch.Tensor,
+) -> list[str]:
+    """Warnings for typed single-token answers (`(role, answer)` pairs) that the model finds
+    unlikely while the same word with the leading space toggled is likely, naming both tokens and
+    their probabilities under the model's next-token distribution `next_logits`."""
+    probs = next_logits.float().softmax(-1)
+    notes = []
+    for role, answer in answers:
+        if not isinstance(answer, str) or not answer.strip() or not _has_tokenizer(model):
+            continue
+        twin = answer[1:] if answer.startswith(" ") else " " + answer
+        try:
+            (typed,), (other,) = _answer_ids(model, answer, role), _answer_ids(model, twin, role)
+        except ValueError:  # several tokens or unknown words: no single twin to compare
+            continue
+        p_typed, p_other = float(probs[typed]), float(probs[other])
+        if p_typed < UNLIKELY and p_other >= LIKELY and p_other >= RATIO * p_typed:
+            typed_str, other_str = str_tokens(model, torch.tensor([typed, other]))
+            notes.append(
+                f"The {role} {answer!r} is the token {typed_str!r} (p = {p_typed:.2g}), but the "
+                f"model gives {other_str!r} p = {p_other:.2g}: a leading space is part of a "
+                f"token. Did you mean {twin!r}?"
+            )
+    return notes
 
 
 def prepare_baseline(

@@ -124,7 +124,7 @@ class Trace:
     """Integrated-gradient steps; None for AtP."""
     baseline: str
     """`zero` (nodes ablated to 0) or `counterfactual` (patched to their counterfactual value)."""
-    baseline_text: str | None
+    counterfactual: str | None
     """The counterfactual prompt, when given as text."""
     baseline_token_ids: tuple[int, ...] | None
     """The model's input for the counterfactual, position by position aligned with the prompt's."""
@@ -134,6 +134,11 @@ class Trace:
     """Things a reader should know before trusting the result (e.g. unknown words)."""
 
     # ------------------------------------------------------------------ reading
+
+    @property
+    def baseline_text(self) -> str | None:
+        """The counterfactual prompt under its older name."""
+        return self.counterfactual
 
     @property
     def hook_names(self) -> list[str]:
@@ -296,7 +301,10 @@ def _from_parts(meta: Mapping[str, Any], columns: Mapping[str, Sequence[Any]]) -
         method=meta["method"],
         ig_steps=meta["ig_steps"],
         baseline=meta["baseline"],
-        baseline_text=meta["baseline_text"],
+        # Files written before the counterfactual had one name call it `baseline_text`.
+        counterfactual=meta["counterfactual"]
+        if "counterfactual" in meta
+        else meta["baseline_text"],
         baseline_token_ids=None if baseline_ids is None else tuple(baseline_ids),
         top_predictions=tuple(Prediction(**p) for p in meta["top_predictions"]),
         warnings=tuple(meta["warnings"]),

@@ -22,7 +22,14 @@ from gradio_client.exceptions import AppError
 from transformer_lens import HookedTransformer
 
 from tests.helpers import CAP, ROOT, Served, app_py_offline, demo_examples
-from token_trace import compute_graph, compute_node_attribution, load_model, trace, verify
+from token_trace import (
+    TOP_PREDICTION,
+    compute_graph,
+    compute_node_attribution,
+    load_model,
+    trace,
+    verify,
+)
 from token_trace.app import exports, service
 from token_trace.loading import release_sae_ids
 
@@ -50,7 +57,7 @@ def library_result(request: dict) -> pd.DataFrame:
         request["text"],
         model=request["model"],
         saes=[("ioi-demo", sae_id) for sae_id in layers.split(",")] if layers else None,
-        answer=request.get("answer") or None,
+        answer=app_answer(request),
         contrast=request.get("contrast") or None,
         method=request.get("method", "atp"),
         ig_steps=request.get("ig_steps", 10),
@@ -64,10 +71,15 @@ def library_trace(request: dict):
     return trace(
         request["text"],
         "ioi-demo",
-        answer=request.get("answer") or None,
+        answer=app_answer(request),
         contrast=request.get("contrast") or None,
         device="cpu",
     )
+
+
+def app_answer(request: dict) -> str | None:
+    """The library's answer for the API's: an empty one scores the model's top prediction."""
+    return request.get("answer") or (None if request.get("contrast") else TOP_PREDICTION)
 
 
 def swapped_names(example: dict) -> str:
@@ -86,7 +98,7 @@ def requests_to_compare() -> list[dict]:
     second = others[0] if others else first
     return [
         api_request(first),
-        api_request(first, answer="", contrast=""),  # score the prompt's own last token
+        api_request(first, answer="", contrast=""),  # score the model's top prediction
         api_request(second, contrast="", method="ig", ig_steps=3),
         api_request(first, counterfactual=swapped_names(first)),
     ]
@@ -129,10 +141,10 @@ def test_repeated_requests_come_from_the_cache(served: Served, monkeypatch) -> N
     request = api_request(demo_examples()[0])
     first = served.client.predict(**request, api_name="/attribute")
 
-    def no_recompute(**kwargs: object) -> None:
+    def no_recompute(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached request was recomputed")
 
-    monkeypatch.setattr(service, "trace", no_recompute)
+    monkeypatch.setattr(service, "run_traces", no_recompute)
     assert served.client.predict(**request, api_name="/attribute") == first
 
 
@@ -245,10 +257,10 @@ def test_compute_errors_are_reported_and_the_server_keeps_serving(
 ) -> None:
     example = demo_examples()[0]
 
-    def fail(**kwargs: object) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(service, "trace", fail)
+    monkeypatch.setattr(service, "run_traces", fail)
     fresh = api_request(example, text=example["text"] + " " + type(error).__name__)
     with pytest.raises(AppError, match=message):
         served.client.predict(**fresh, api_name="/attribute")
@@ -391,7 +403,8 @@ def test_verify_endpoint_matches_the_library(served: Served) -> None:
 
 def test_endpoints_are_mcp_tools_with_their_descriptions(served: Served) -> None:
     schema = httpx.get(f"{served.url}gradio_api/mcp/schema", timeout=30).json()
-    tools = {tool["name"]: tool for tool in schema}
+    # As MCP clients list them (the client-API twins are marked apart and not listed as tools).
+    tools = {tool["name"]: tool for tool in schema if tool["meta"]["mcp_type"] == "tool"}
     assert set(tools) == {"attribute", "summary", "graph", "verify"}
     for tool in tools.values():
         properties = tool["inputSchema"]["properties"]

@@ -186,7 +186,7 @@ def test_a_batch_out_of_memory_is_split_until_it_fits(prompt_file, finished, tmp
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
             return super()._trace(records)
 
-    settings = worker_module.DatasetSettings(**SETTINGS)
+    settings = worker_module.DatasetSettings.of(**SETTINGS)
     run_dir = RunDir(tmp_path / "oom")
     run_dir.start({"test": True})
     table = read_prompts(prompt_file)

@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from tests.helpers import ROOT
-from token_trace.app.api import endpoint, parameter
+from token_trace.app.api import Extra, endpoint
 from token_trace.app.requests import (
     PRESETS,
     PRESETS_BY_RELEASE,
@@ -65,13 +65,13 @@ def test_endpoint_signature_is_the_request_fields_plus_extras():
         name="attribute",
         doc="nodes",
         returns=list[dict],
-        extra=[parameter("top_k", float, 0)],
+        extra=[Extra("top_k", int, 0, "How many nodes.")],
     )
     signature = inspect.signature(fn)
     assert list(signature.parameters) == [*REQUEST_FIELDS, "top_k"]
     assert signature.parameters["text"].default is inspect.Parameter.empty
     assert signature.parameters["model"].default == ""
-    assert fn.__annotations__["ig_steps"] is float
+    assert fn.__annotations__["ig_steps"] is int  # integers in the API's and MCP's schema
     fn(TEXT, top_k=5)
     assert seen == {"request": RequestFields(TEXT), "top_k": 5}
 

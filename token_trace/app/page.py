@@ -16,6 +16,7 @@ import pandas as pd
 
 from token_trace.app import exports, plots, render
 from token_trace.app.requests import (
+    REQUEST_FIELDS,
     Example,
     Preset,
     RequestFields,
@@ -29,6 +30,13 @@ from token_trace.app.requests import (
 )
 from token_trace.app.service import Run, Service
 from token_trace.graph import Graph, node_ids
+from token_trace.options import (
+    DEFAULT_EDGE_THRESHOLD,
+    DEFAULT_MAX_NODES,
+    DEFAULT_NODE_THRESHOLD,
+    GraphOptions,
+    whole_number,
+)
 
 EXPORT_DIR = Path(tempfile.gettempdir()) / "token-trace-exports"
 
@@ -54,16 +62,21 @@ FILTERED_OUTPUTS = ("table", "heatmap", "layer_plot", "scatter", "links")
 #: The flow graph's outputs, and the checks'.
 GRAPH_OUTPUTS = ("graph_plot", "graph_summary", "graph_file")
 VERIFY_OUTPUTS = ("verify_summary", "verify_scatter", "verify_layers")
-DEFAULT_MAX_NODES, MAX_GRAPH_NODES = 200, 1000
-DEFAULT_VERIFY_NODES = 20
+MAX_GRAPH_NODES = 1000
+DEFAULT_VERIFY_NODES, MAX_VERIFY_NODES = 20, 200
+#: The request fields the form has a widget for (the model follows the release; the layers are
+#: checkboxes, read apart), in `RequestFields` order.
+FORM_FIELDS = tuple(name for name in REQUEST_FIELDS if name not in ("model", "layers"))
+#: The form fields an example fills.
+EXAMPLE_FIELDS = ("text", "release", "answer", "contrast", "counterfactual")
 
 
 @dataclass(frozen=True)
 class GraphChoice:
     """How the flow graph is drawn: its thresholds and whether error nodes show."""
 
-    node_threshold: float = 0.8
-    edge_threshold: float = 0.98
+    node_threshold: float = DEFAULT_NODE_THRESHOLD
+    edge_threshold: float = DEFAULT_EDGE_THRESHOLD
     show_errors: bool = True
 
 
@@ -86,6 +99,8 @@ class Filters:
 
 class Page:
     """The handlers of one deployment (offline or not, its token cap, its examples)."""
+
+    EXAMPLE_FIELDS = EXAMPLE_FIELDS
 
     def __init__(
         self,
@@ -198,9 +213,7 @@ class Page:
         """The panel of a node given by id (a shared link's selection)."""
         if run is None or not node_id:
             return render.PANEL_HINT
-        return render.graph_node_panel_html(
-            run.trace, node_id, offline=self.offline
-        )
+        return render.graph_node_panel_html(run.trace, node_id, offline=self.offline)
 
     def from_link(self, params: Mapping[str, str]) -> dict[str, Any]:
         """Input values from a shareable link's query (nothing for a plain visit)."""
@@ -215,8 +228,8 @@ class Page:
             "answer": request.answer,
             "contrast": request.contrast,
             "counterfactual": request.counterfactual,
-            "method": settings.method,
-            "ig_steps": settings.ig_steps,
+            "method": settings.options.method,
+            "ig_steps": settings.options.ig_steps,
             "layers": list(settings.sae_ids),
             "shared_node": node,
             "shared": True,
@@ -226,6 +239,13 @@ class Page:
     def link(request: RequestFields, layers: list[str] | None, node: str | None) -> str:
         """The query string of a shareable link to this request and selection."""
         return share_query(request, layers, node)
+
+    def example_rows(self) -> list[list[str]]:
+        """The examples as the example table's rows (`EXAMPLE_FIELDS` order)."""
+        return [
+            [e.text, e.release, e.answer or "", e.contrast or "", e.counterfactual or ""]
+            for e in self.examples
+        ]
 
     def example(self, index: int) -> dict[str, Any]:
         """Example `index` as input values, with AtP and the filters at their defaults."""
@@ -254,7 +274,7 @@ class Page:
     ) -> dict[str, Any]:
         """The flow graph of the request's `max_nodes` largest nodes, pruned as chosen."""
         settings = self.settings(request, layers)
-        nodes = _whole(max_nodes, "max_nodes", 1, MAX_GRAPH_NODES)
+        nodes = whole_number(max_nodes, "max_nodes", 1, MAX_GRAPH_NODES)
         graph_run = GraphRun(settings, self.service.graph(settings, nodes, progress))
         return {"graph_run": graph_run, **self.redraw(graph_run, choice)}
 
@@ -266,7 +286,7 @@ class Page:
         graph = graph_run.graph.prune(choice.node_threshold, choice.edge_threshold)
         return {
             "graph_plot": plots.flow_graph(graph, choice.show_errors),
-            "graph_summary": render.graph_summary_html(graph, graph_run.settings.method),
+            "graph_summary": render.graph_summary_html(graph, graph_run.settings.options.method),
             "graph_file": str(exports.write_graph(graph_run.settings, graph, EXPORT_DIR)),
         }
 
@@ -274,9 +294,7 @@ class Page:
         """The feature panel for a clicked graph node, and its id (for shareable links)."""
         if graph_run is None or not node_id:
             return {"panel": render.PANEL_HINT, "selected": None}
-        panel = render.graph_node_panel_html(
-            graph_run.graph.trace, node_id, offline=self.offline
-        )
+        panel = render.graph_node_panel_html(graph_run.graph.trace, node_id, offline=self.offline)
         return {"panel": panel, "selected": node_id}
 
     def verify(
@@ -288,7 +306,7 @@ class Page:
     ) -> dict[str, Any]:
         """Estimates against real ablations: the top `k` nodes and every whole layer."""
         check = self.service.verify(
-            self.settings(request, layers), _whole(k, "top_k", 1, 200), progress
+            self.settings(request, layers), whole_number(k, "top_k", 1, MAX_VERIFY_NODES), progress
         )
         scatter, bars = plots.verification_figures(check)
         return {
@@ -302,12 +320,14 @@ class Page:
     def attribute(self, request: RequestFields, top_k: float = 0) -> list[dict]:
         """The node table as JSON records with the library's column names: every row in the
         table's order (`top_k` 0), or the `top_k` largest by |attribution|."""
-        if top_k < 0 or top_k != int(top_k):
+        try:
+            top_k = whole_number(top_k, "top_k", 0)
+        except ValueError:
             raise ValueError(
-                f"top_k must be 0 (every node) or a positive whole number, not {top_k}."
-            )
+                f"top_k must be 0 (every node) or a positive whole number, not {top_k!r}."
+            ) from None
         result = self.service.obtain(self.settings(request)).trace
-        table = result.top_nodes(int(top_k)) if top_k else result.nodes
+        table = result.top_nodes(top_k) if top_k else result.nodes
         return exports.records(table)
 
     def summary(self, request: RequestFields) -> dict:
@@ -318,20 +338,21 @@ class Page:
     def graph_json(
         self,
         request: RequestFields,
-        max_nodes: float = DEFAULT_MAX_NODES,
-        node_threshold: float = 0.8,
-        edge_threshold: float = 0.98,
+        max_nodes: int = DEFAULT_MAX_NODES,
+        node_threshold: float = DEFAULT_NODE_THRESHOLD,
+        edge_threshold: float = DEFAULT_EDGE_THRESHOLD,
     ) -> dict:
         """The request's attribution graph as Neuronpedia's graph JSON (`metadata`, `qParams`,
         `nodes`, `links`): the `max_nodes` nodes of largest |attribution| and the edges between
         consecutive SAE layers, pruned to those carrying `node_threshold` / `edge_threshold` of
         the influence on the metric (each between 0 and 1)."""
-        for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must lie between 0 and 1, got {value}.")
+        chosen = GraphOptions(
+            whole_number(max_nodes, "max_nodes", 1, MAX_GRAPH_NODES), node_threshold, edge_threshold
+        )
         settings = self.settings(request)
-        nodes = _whole(max_nodes, "max_nodes", 1, MAX_GRAPH_NODES)
-        graph = self.service.graph(settings, nodes).prune(node_threshold, edge_threshold)
+        graph = self.service.graph(settings, chosen.max_nodes).prune(
+            chosen.node_threshold, chosen.edge_threshold
+        )
         return graph.to_neuronpedia(slug=f"token-trace-{settings.key()}")
 
     def verify_json(self, request: RequestFields, top_k: float = DEFAULT_VERIFY_NODES) -> dict:
@@ -340,7 +361,9 @@ class Page:
         `estimate` and the `real` effect of ablating the whole layer, the sign agreement and
         Spearman rank correlation over the nodes, and the layers whose estimate has the wrong
         sign."""
-        check = self.service.verify(self.settings(request), _whole(top_k, "top_k", 1, 200))
+        check = self.service.verify(
+            self.settings(request), whole_number(top_k, "top_k", 1, MAX_VERIFY_NODES)
+        )
         return {
             "nodes": exports.records(check.nodes),
             "layers": exports.records(check.layers),
@@ -348,10 +371,3 @@ class Page:
             "rank_correlation": check.rank_correlation,
             "layers_with_wrong_sign": check.layers_with_wrong_sign,
         }
-
-
-def _whole(value: float, name: str, low: int, high: int) -> int:
-    """A count from the page or the API: a whole number in [low, high], or a clear error."""
-    if value != int(value) or not low <= value <= high:
-        raise ValueError(f"{name} must be a whole number from {low} to {high}, not {value}.")
-    return int(value)

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from token_trace import loading
 from token_trace.ablation import Verification
-from token_trace.app.requests import METHOD_LABELS, Preset
+from token_trace.app.requests import Preset
 from token_trace.app.theme import signed_background
 from token_trace.graph import Graph
-from token_trace import loading
 from token_trace.loading import is_bundled
 from token_trace.neuronpedia import embed_url, feature_url, quick_list_url
 from token_trace.nodes import top_nodes, without_bos
+from token_trace.options import METHODS
 from token_trace.records import Trace
 
 #: Rows the table shows; the full table is in the exports.
@@ -156,7 +158,7 @@ def summary_html(result: Trace, seconds: float | None) -> str:
     baseline = "zero baseline (features and errors ablated)"
     if result.baseline == "counterfactual" and metric.baseline_value is not None:
         baseline = f"counterfactual baseline (metric there {format_value(metric.baseline_value)})"
-    method = METHOD_LABELS.get(result.method, result.method)
+    method = METHODS.get(result.method, result.method)
     if result.ig_steps:
         method += f", {result.ig_steps} steps"
     nodes = result.nodes
@@ -417,35 +419,53 @@ def graph_summary_html(graph: Graph, method: str) -> str:
     return f'<div class="tt-summary">{" · ".join(parts)}{note}</div>'
 
 
-def graph_node_panel_html(
-    result: Trace,
-    node_id: str,
-    *,
-    offline: bool,
-) -> str:
-    """The panel for a clicked graph node: the table row's panel for SAE nodes; a line for the
-    token and metric nodes."""
-    layer, feature, position = node_id.rsplit("_", 2)
-    if layer == "E" or not layer.lstrip("-").isdigit():
-        token = result.prompt.tokens[int(position)]
-        return (
-            f'<div class="tt-panel"><div class="tt-node-head">token {int(position)} '
-            f"{html.escape(quoted_token(token))}: the prompt's embedding entering the model</div>"
-            "</div>"
+#: A graph node id: `{layer}_{feature}_{position}`, `E_{token id}_{position}` for token nodes.
+NODE_ID = re.compile(r"(E|-?\d+)_(-?\d+)_(\d+)")
+
+
+def graph_node_panel_html(result: Trace, node_id: str, *, offline: bool) -> str:
+    """The panel for a node given by id (a graph click or a shared link): the table row's panel
+    for SAE nodes, a card for the token and metric nodes, and a plain message for an id that names
+    no node of this run."""
+    match = NODE_ID.fullmatch(node_id.strip())
+    if match is None:
+        return _panel_message(
+            f"{node_id!r} is not a node id: a node is layer_feature_position (e.g. 1_23_4), "
+            "E_token_position for a prompt token."
         )
-    nodes = result.nodes
-    match = nodes.index[
-        (nodes["layer"] == int(layer))
-        & (nodes["feature"] == int(feature))
-        & (nodes["position"] == int(position))
-    ]
-    if not len(match):
+    layer, feature, position = match[1], int(match[2]), int(match[3])
+    tokens = result.prompt.tokens
+    if layer == "E":
+        if position >= len(tokens):
+            return _panel_message(f"The prompt has no token {position} (it has {len(tokens)}).")
+        return (
+            f'<div class="tt-panel"><div class="tt-node-head">token {position} '
+            f"{html.escape(quoted_token(tokens[position]))}: the prompt's embedding entering the "
+            "model</div></div>"
+        )
+    metric_layer = max(sae.layer for sae in result.saes) + 1
+    if int(layer) == metric_layer and position in (result.metric.positions or ()):
         return (
             f'<div class="tt-panel"><div class="tt-node-head">the metric: '
             f"<b>{html.escape(result.metric.description)}</b> = "
             f"{format_value(result.metric.value)}</div></div>"
         )
-    return feature_panel_html(result, int(match[0]), offline=offline)
+    nodes = result.nodes
+    found = nodes.index[
+        (nodes["layer"] == int(layer))
+        & (nodes["feature"] == feature)
+        & (nodes["position"] == position)
+    ]
+    if not len(found):
+        return _panel_message(
+            f"This run has no node {node_id!r}: no SAE at layer {layer} has feature {feature} "
+            f"active at position {position}."
+        )
+    return feature_panel_html(result, int(found[0]), offline=offline)
+
+
+def _panel_message(text: str) -> str:
+    return f'<div class="tt-panel"><p class="tt-note">{html.escape(text)}</p></div>'
 
 
 def verification_html(check: Verification) -> str:

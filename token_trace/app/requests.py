@@ -13,17 +13,25 @@ import json
 import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from token_trace import loading
+from token_trace.options import (
+    DEFAULT_IG_STEPS,
+    METHODS,
+    TOP_PREDICTION,
+    PromptSpec,
+    TraceOptions,
+    one_of,
+    whole_number,
+)
 
 #: Environment variable: the most prompt tokens one request may have on this deployment.
 MAX_TOKENS_ENV = "TOKEN_TRACE_MAX_TOKENS"
 DEFAULT_MAX_TOKENS = 256
-METHOD_LABELS = {"atp": "Attribution patching (AtP)", "ig": "Integrated gradients (IG)"}
+#: The most integrated-gradient steps one request may ask for.
 MAX_IG_STEPS = 64
-DEFAULT_IG_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ class RequestFields:
     answer: str = ""
     contrast: str = ""
     method: str = "atp"
-    ig_steps: float = DEFAULT_IG_STEPS
+    ig_steps: int = DEFAULT_IG_STEPS
     counterfactual: str = ""
 
 
@@ -134,7 +142,8 @@ FIELD_HELP = {
     "follows the release, or the deployment's default model when both are empty.",
     "release": "SAE release; empty picks the model's first preset.",
     "layers": "Comma-separated SAE ids of the release to use; empty uses all.",
-    "answer": "Score log p(answer | prompt); a leading space is part of the token (' Mary').",
+    "answer": "Score log p(answer | prompt); a leading space is part of the token (' Mary'). "
+    "Empty: score the model's own top next-token prediction (the summary names it).",
     "contrast": "With answer, score logit(answer) - logit(contrast); one token each.",
     "method": "'atp' (attribution patching) or 'ig' (integrated gradients).",
     "ig_steps": "Integrated-gradient steps (1-64), used only with method 'ig'.",
@@ -146,28 +155,34 @@ FIELD_HELP = {
 class Settings:
     """One attribution request, normalised: equal settings give equal results (the cache key)."""
 
-    text: str
     model: str
     release: str
     sae_ids: tuple[str, ...]
-    answer: str | None = None
-    contrast: str | None = None
-    method: str = "atp"
-    ig_steps: int = DEFAULT_IG_STEPS
-    counterfactual: str | None = None
+    prompt: PromptSpec
+    options: TraceOptions = field(default_factory=TraceOptions)
+
+    @property
+    def text(self) -> str:
+        return self.prompt.text
+
+    @property
+    def method(self) -> str:
+        return self.options.method
+
+    @property
+    def ig_steps(self) -> int:
+        return self.options.ig_steps
+
+    @property
+    def saes(self) -> list[tuple[str, str]]:
+        """The SAEs as `(release, sae_id)` pairs, the library's `saes=` argument."""
+        return [(self.release, sae_id) for sae_id in self.sae_ids]
 
     def library_kwargs(self) -> dict[str, object]:
         """The `token_trace.trace` arguments that reproduce this request exactly."""
-        return {
-            "text": self.text,
-            "model": self.model,
-            "saes": [(self.release, sae_id) for sae_id in self.sae_ids],
-            "answer": self.answer,
-            "contrast": self.contrast,
-            "method": self.method,
-            "ig_steps": self.ig_steps,
-            "baseline_text": self.counterfactual,
-        }
+        chosen = {f.name: getattr(self.options, f.name) for f in fields(TraceOptions)}
+        chosen.pop("device")  # where it ran, not what it computed
+        return {"model": self.model, "saes": self.saes, **asdict(self.prompt), **chosen}
 
     def key(self) -> str:
         """A short stable id (file names of exports)."""
@@ -230,12 +245,14 @@ def _ig_steps(method: str, ig_steps: float | None) -> int:
     """Steps for IG, checked only for IG (AtP ignores the field)."""
     if method != "ig":
         return DEFAULT_IG_STEPS
-    steps = DEFAULT_IG_STEPS if ig_steps is None else ig_steps
-    if steps != int(steps) or not 1 <= steps <= MAX_IG_STEPS:
+    try:
+        return whole_number(
+            DEFAULT_IG_STEPS if ig_steps is None else ig_steps, "ig_steps", 1, MAX_IG_STEPS
+        )
+    except ValueError:
         raise ValueError(
             f"Integrated gradients needs a whole number of steps between 1 and {MAX_IG_STEPS}."
-        )
-    return int(steps)
+        ) from None
 
 
 def make_settings(
@@ -253,18 +270,19 @@ def make_settings(
     model, release = (request.model or "").strip(), (request.release or "").strip()
     preset = _preset(model, release or ("" if model else default_release))
     method = (request.method or "atp").strip().lower()
-    if method not in METHOD_LABELS:
-        raise ValueError(f"Unknown method {method!r}: use 'atp' or 'ig'.")
+    one_of(method, "method", tuple(METHODS))
     return Settings(
-        text=request.text,
         model=preset.model,
         release=preset.release,
         sae_ids=parse_layers(request.layers if layers is None else layers, preset.release),
-        answer=_optional(request.answer),
-        contrast=_optional(request.contrast),
-        method=method,
-        ig_steps=_ig_steps(method, request.ig_steps),
-        counterfactual=_optional_prompt(request.counterfactual),
+        prompt=PromptSpec(
+            text=request.text,
+            # No answer: what the model predicts next, not the text's own last token.
+            answer=_optional(request.answer) or (None if request.contrast else TOP_PREDICTION),
+            contrast=_optional(request.contrast),
+            counterfactual=_optional_prompt(request.counterfactual),
+        ),
+        options=TraceOptions(method=method, ig_steps=_ig_steps(method, request.ig_steps)),
     )
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
@@ -27,8 +27,9 @@ from transformer_lens import HookedTransformer
 from token_trace import loading
 from token_trace.ablation import Verification, verify
 from token_trace.app.requests import MAX_TOKENS_ENV, PRESETS_BY_RELEASE, Settings
-from token_trace.graph import Graph, compute_graph
-from token_trace.pipeline import resolve, trace
+from token_trace.graph import Graph, graph_of
+from token_trace.options import GraphOptions
+from token_trace.pipeline import resolve, run_traces
 from token_trace.prompts import tokenizer_length
 from token_trace.records import Trace
 
@@ -39,7 +40,7 @@ logger = logging.getLogger("token_trace.app")
 
 def _load(model: str, release: str, sae_ids: Sequence[str]) -> HookedTransformer:
     """The model, with the SAEs loaded too (the library caches both and loads each only once)."""
-    return resolve(model, [(release, sae_id) for sae_id in sae_ids], None)[0]
+    return resolve(model, [(release, sae_id) for sae_id in sae_ids]).model
 
 
 def preload(release: str) -> None:
@@ -68,7 +69,8 @@ def gpu_seconds(settings: Settings) -> int:
 
     AtP is one forward and backward pass; IG runs `ig_steps` batched passes per SAE layer.
     """
-    passes = 2 if settings.method == "atp" else 2 + settings.ig_steps * len(settings.sae_ids) // 4
+    options = settings.options
+    passes = 2 if options.method == "atp" else 2 + options.ig_steps * len(settings.sae_ids) // 4
     return int(min(120, 20 + 2 * passes))
 
 
@@ -106,19 +108,23 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+def user_errors(fn: Callable[..., Any], *, escape: bool = True) -> Callable[..., Any]:
     """Show every error as a `gr.Error` (in the page and to API clients) and keep serving.
 
     Applied inside the GPU handler too: ZeroGPU forwards only `gr.Error` messages from its worker.
-    Messages are escaped because Gradio renders them as HTML, and they may quote the prompt.
+    For the page, messages are escaped because Gradio renders them as HTML and they may quote the
+    prompt; API and MCP clients (`escape=False`) get the plain text.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as error:
+            if not escape:
+                raise
+            # Raised plain (a GPU worker's): escape it for the page now.
+            raise gr.Error(html.escape(str(error.message), quote=False)) from error
         except Exception as error:
             message = user_message(error)
             if is_out_of_memory(error):
@@ -127,22 +133,28 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if not expected:
                 logger.exception("token-trace request failed")
                 message = f"token-trace failed unexpectedly ({type(error).__name__}: {error})."
-            raise gr.Error(
-                html.escape(message, quote=False), print_exception=not expected
-            ) from error
+            shown = html.escape(message, quote=False) if escape else message
+            raise gr.Error(shown, print_exception=not expected) from error
 
     return wrapper
+
+
+def plain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`user_errors` without escaping: for GPU handlers, whose callers escape for the page."""
+    return user_errors(fn, escape=False)
 
 
 # --------------------------------------------------------------------------- running
 
 
 @spaces.GPU(duration=gpu_seconds)
-@user_errors
+@plain_errors
 def trace_on_gpu(settings: Settings) -> Trace:
     """The one step that needs the accelerator: the library's attribution run (which holds the
     model's lock while it tokenises and runs, so concurrent requests never mix)."""
-    return trace(**settings.library_kwargs())
+    loaded = resolve(settings.model, settings.saes, settings.options)  # cached: loaded before
+    (result,), _ = run_traces([settings.prompt], loaded, settings.options)
+    return result
 
 
 def graph_seconds(settings: Settings, max_nodes: int) -> int:
@@ -156,17 +168,16 @@ def verify_seconds(result: Trace, k: int) -> int:
 
 
 @spaces.GPU(duration=graph_seconds)
-@user_errors
+@plain_errors
 def graph_on_gpu(settings: Settings, max_nodes: int) -> Graph:
     """A request's graph (AtP nodes and edges; pruned again later, off the GPU)."""
-    kwargs = settings.library_kwargs()
-    for unused in ("method", "ig_steps"):  # graphs are built from attribution patching
-        kwargs.pop(unused)
-    return compute_graph(**kwargs, max_nodes=max_nodes, node_threshold=None, edge_threshold=None)
+    options = replace(settings.options, method="atp")  # graphs come from attribution patching
+    loaded = resolve(settings.model, settings.saes, options)
+    return graph_of(settings.prompt, loaded, options, GraphOptions(max_nodes, None, None))
 
 
 @spaces.GPU(duration=verify_seconds)
-@user_errors
+@plain_errors
 def verify_on_gpu(result: Trace, k: int) -> Verification:
     """Real ablations of a trace's top nodes and whole layers."""
     return verify(result, k)

@@ -20,8 +20,10 @@ from typing import Any
 import pandas as pd
 
 #: The columns a prompt file may have; only `text` is required. Other columns are ignored.
-INPUT_COLUMNS = ("id", "text", "answer", "contrast", "baseline_text")
-OPTIONAL_TEXT_COLUMNS = ("answer", "contrast", "baseline_text")
+INPUT_COLUMNS = ("id", "text", "answer", "contrast", "counterfactual")
+OPTIONAL_TEXT_COLUMNS = ("answer", "contrast", "counterfactual")
+#: Older column names still read: `baseline_text` is the counterfactual's former name.
+ALIASES = {"baseline_text": "counterfactual"}
 
 #: The normalised table: `prompt_id` (the record's `id`, else its row number), `row` (0-based
 #: position in the file), the four text fields (None when not given), and `problem` (None, or why
@@ -32,7 +34,7 @@ PROMPT_TABLE_COLUMNS = [
     "text",
     "answer",
     "contrast",
-    "baseline_text",
+    "counterfactual",
     "problem",
 ]
 
@@ -54,7 +56,7 @@ def read_prompts(source: PromptSource) -> pd.DataFrame:
     if "text" not in columns:
         raise ValueError(
             f"The prompts have no 'text' column (columns: {', '.join(map(str, columns)) or 'none'}"
-            "). Each record needs a 'text'; 'answer', 'contrast', 'baseline_text' and 'id' are "
+            "). Each record needs a 'text'; 'answer', 'contrast', 'counterfactual' and 'id' are "
             "optional."
         )
     table = pd.DataFrame(
@@ -130,6 +132,7 @@ def _normalised(record: Any, row: int, has_ids: bool) -> dict[str, Any]:
             return fields
         fields["prompt_id"] = str(identifier)
     problems = []
+    record = {ALIASES.get(key, key): value for key, value in record.items()}
     text = _missing_to_none(record.get("text"))
     if not isinstance(text, str):
         problems.append("text is missing" if text is None else "text is not a string")

@@ -9,19 +9,16 @@ of the metric, and the records that failed with their reasons.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from token_trace.datasets.result import DatasetResult
 from token_trace.files import write_text
-
-if TYPE_CHECKING:
-    from token_trace.datasets.run import DatasetResult
+from token_trace.options import METHODS
 
 TOP_FEATURES = 30
 SHOWN_ERRORS = 50
 POSITIVE, NEGATIVE, ERROR = "#2563eb", "#dc2626", "#9ca3af"
-METHOD_NAMES = {"atp": "attribution patching", "ig": "integrated gradients"}
 
 
 def write_report(result: DatasetResult) -> None:
@@ -114,7 +111,7 @@ def _page(
         if error_rows
         else "<p>None: every record was attributed.</p>"
     )
-    method = METHOD_NAMES.get(settings.method, settings.method)
+    method = METHODS[settings.trace.method]
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>token-trace dataset report</title>
 <style>

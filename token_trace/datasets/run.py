@@ -5,12 +5,10 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.dataset as pads
 from tqdm.auto import tqdm
 
 from token_trace.datasets.aggregate import combine_features, combine_graph
@@ -18,61 +16,9 @@ from token_trace.datasets.engines import engine_named
 from token_trace.datasets.inputs import PromptSource, fingerprint, read_prompts
 from token_trace.datasets.layout import FORMAT_VERSION, RunDir, write_table
 from token_trace.datasets.report import write_report
+from token_trace.datasets.result import DatasetResult, read_shards
 from token_trace.datasets.settings import DatasetSettings
 from token_trace.datasets.worker import Shard
-
-
-@dataclass(frozen=True)
-class DatasetResult:
-    """A finished dataset run: counts, speed, and readers of the tables in `out_dir`."""
-
-    out_dir: Path
-    settings: DatasetSettings
-    n_prompts: int
-    n_ok: int
-    n_errors: int
-    n_shards: int
-    #: Shards found finished in `out_dir` and skipped (a resumed run).
-    resumed_shards: int
-    #: Prompts attributed by this call, and their rate over the attribution time.
-    prompts_run: int
-    prompts_per_second: float
-    #: One row per shard run by this call: prompts, seconds, peak memory of its worker, device.
-    shards: pd.DataFrame
-
-    @property
-    def run_dir(self) -> RunDir:
-        return RunDir(self.out_dir)
-
-    def prompts(self) -> pd.DataFrame:
-        """One row per prompt, in file order: status, error, metric value, tokens..."""
-        table = _read(self.run_dir.shard_files("prompts"))
-        return table.sort_values("row", kind="stable").reset_index(drop=True)
-
-    def nodes(
-        self, prompt_ids: list[str] | None = None, columns: list[str] | None = None
-    ) -> pd.DataFrame:
-        """Node rows of all prompts, or of `prompt_ids` only (read without loading the rest)."""
-        return _read(self.run_dir.shard_files("nodes"), prompt_ids, columns)
-
-    def features(self) -> pd.DataFrame:
-        """The aggregate per (SAE, feature) and per error layer (see `aggregate`)."""
-        return pd.read_parquet(self.run_dir.features)
-
-    def graph_nodes(self, prompt_ids: list[str] | None = None) -> pd.DataFrame:
-        """Each prompt's pruned graph nodes (runs with `graph=True`)."""
-        return _read(self.run_dir.shard_files("graph_nodes"), prompt_ids)
-
-    def graph_edges(self, prompt_ids: list[str] | None = None) -> pd.DataFrame:
-        """Each prompt's pruned graph edges (runs with `graph=True`)."""
-        return _read(self.run_dir.shard_files("graph_edges"), prompt_ids)
-
-    def aggregate_graph(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The graph over all prompts: (nodes, edges), positions summed, means over prompts."""
-        return (
-            pd.read_parquet(self.run_dir.graph_aggregate_nodes),
-            pd.read_parquet(self.run_dir.graph_aggregate_edges),
-        )
 
 
 def run_dataset(
@@ -91,7 +37,8 @@ def run_dataset(
 
     Args:
         prompts: a JSONL, CSV or Parquet file with a `text` column and optional `answer`,
-            `contrast`, `baseline_text` and `id` (unique; else the row number is the id).
+            `contrast`, `counterfactual` (older name `baseline_text`) and `id` (unique; else
+            the row number is the id).
         out_dir: the output folder (see `layout`). Running again on the same folder resumes: the
             finished shards are skipped. A folder holding another run is refused.
         engine: "local" (in this process) or "ray" (Ray Data; `pip install token-trace[dist]`).
@@ -100,12 +47,38 @@ def run_dataset(
             CPUs; memory unreserved).
         progress: show a progress bar with prompts/s on stderr.
         report: write `report.html`, the top features across the set.
-        **settings: the fields of `DatasetSettings` (model, saes, method, batch_size, graph...).
+        **settings: `DatasetSettings.of`'s keywords (model, saes, method, batch_size, graph,
+            max_nodes...).
 
     A record that cannot be attributed (empty, too long, an answer of several tokens, malformed)
     gets status "error" and its reason in the prompts table; the run goes on.
     """
-    chosen = DatasetSettings(**settings).check()
+    return run_settings(
+        prompts,
+        out_dir,
+        DatasetSettings.of(**settings),
+        engine=engine,
+        workers=workers,
+        cpus_per_worker=cpus_per_worker,
+        memory_per_worker=memory_per_worker,
+        progress=progress,
+        report=report,
+    )
+
+
+def run_settings(
+    prompts: PromptSource,
+    out_dir: str | Path,
+    chosen: DatasetSettings,
+    *,
+    engine: str = "local",
+    workers: int | None = None,
+    cpus_per_worker: float = 1.0,
+    memory_per_worker: float | None = None,
+    progress: bool = True,
+    report: bool = True,
+) -> DatasetResult:
+    """`run_dataset` with its settings as a ready record (the command builds one from flags)."""
     table = read_prompts(prompts)
     run_dir = RunDir(out_dir)
     n_shards = math.ceil(len(table) / chosen.shard_size)
@@ -149,7 +122,7 @@ def run_dataset(
 
         runner.run_shards(pending, chosen, run_dir, on_shard)
     seconds = time.perf_counter() - start
-    outcomes = _read(run_dir.shard_files("prompts"), columns=["status", "graph_nodes"])
+    outcomes = read_shards(run_dir.shard_files("prompts"), columns=["status", "graph_nodes"])
     n_ok = int((outcomes["status"] == "ok").sum())
     n_graphs = int(outcomes["graph_nodes"].notna().sum())
     _aggregate(runner, run_dir, chosen, sorted(run_dir.finished_shards()), n_ok, n_graphs)
@@ -182,7 +155,7 @@ def _aggregate(
     `n_ok` prompts were attributed, `n_graphs` of them have a graph."""
     partials = runner.partials(run_dir, "features", shards, settings.exclude_bos)
     write_table(combine_features(partials, n_ok), run_dir.features)
-    if settings.graph:
+    if settings.graph is not None:
         nodes, edges = combine_graph(
             runner.partials(run_dir, "graph_nodes", shards, settings.exclude_bos),
             runner.partials(run_dir, "graph_edges", shards, settings.exclude_bos),
@@ -190,14 +163,3 @@ def _aggregate(
         )
         write_table(nodes, run_dir.graph_aggregate_nodes)
         write_table(edges, run_dir.graph_aggregate_edges)
-
-
-def _read(
-    files: list[Path], prompt_ids: list[str] | None = None, columns: list[str] | None = None
-) -> pd.DataFrame:
-    """Finished shard files as one table (files of unfinished shards are never read)."""
-    if not files:
-        raise FileNotFoundError("This run has no finished shards yet.")
-    dataset = pads.dataset([str(path) for path in files], format="parquet")
-    where = None if prompt_ids is None else pads.field("prompt_id").isin(list(prompt_ids))
-    return dataset.to_table(columns=columns, filter=where).to_pandas()

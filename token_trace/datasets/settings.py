@@ -1,17 +1,27 @@
 """What a dataset run computes: one record, checked once, saved with the run so a restart can tell
-whether the files already in the output folder were made by the same settings."""
+whether the files already in the output folder were made by the same settings.
+
+The attribution and graph options are the library's own records (`token_trace.options`); this
+record adds only what a run over many prompts needs beside them.
+"""
 
 from __future__ import annotations
 
 import importlib
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from token_trace import loading
+from token_trace.options import (
+    DEFAULT_MODEL,
+    GraphOptions,
+    TraceOptions,
+    option,
+    split_options,
+    whole_number,
+)
 
-METHODS = ("atp", "ig")
 ENGINES = ("local", "ray")
 
 
@@ -21,68 +31,77 @@ class DatasetSettings:
 
     Each record chooses its own metric by its fields, as `trace` does: the log-probability of the
     text's last token, of `answer`, or logit(answer) - logit(contrast); `metric="loss"` scores every
-    prompt's mean loss instead.
+    prompt's mean loss instead. `graph` (None: no graphs) also computes each prompt's pruned graph
+    (attribution patching only) and aggregates them.
     """
 
-    model: str = loading.DEFAULT_MODEL
+    model: str = option(DEFAULT_MODEL, "TransformerLens model name")
     #: A SAELens release (or the bundled one); None: the model's default release.
-    saes: str | None = None
-    method: str = "atp"
-    ig_steps: int = 10
-    metric: str | None = None
+    saes: str | None = option(
+        None, "SAELens release (default: the model's)", aliases=("--release",)
+    )
+    trace: TraceOptions = field(default_factory=TraceOptions)
+    graph: GraphOptions | None = None
     #: Prompts per forward/backward pass; `shard_size` prompts go to one output file.
-    batch_size: int = 8
-    shard_size: int = 64
+    batch_size: int = option(8, "prompts per forward/backward pass")
+    shard_size: int = option(64, "prompts per output file")
     #: Records with more tokens are recorded as errors (None: the model's context length).
-    max_tokens: int | None = None
-    #: Also compute each prompt's pruned graph (attribution patching only) and aggregate them.
-    graph: bool = False
-    max_nodes: int = 200
-    node_threshold: float = 0.8
-    edge_threshold: float = 0.98
-    sae_dtype: str = "float32"
+    max_tokens: int | None = option(None, "records with more tokens are errors")
     #: Leave BOS-position nodes out of the aggregates (they are recomputed at every finish).
-    exclude_bos: bool = False
+    exclude_bos: bool = option(False, "aggregate without BOS nodes", const=True)
     #: "package.module:function" building the model and SAEs instead of loading them by name:
     #: `function(device)` returns `(HookedTransformer, {hook_name: SAE})`. For models the
     #: registries do not know (a local checkpoint, a fine-tune); every worker imports and calls
     #: it, so it must be importable there and build the same weights each time.
-    loader: str | None = None
-    #: Where each worker runs (None: CUDA when present). Not part of the run's identity.
-    device: str | None = None
+    loader: str | None = option(
+        None,
+        "package.module:function(device) -> (model, {hook: SAE}), for models not in the "
+        "registries (importable by every worker)",
+    )
 
-    def check(self) -> DatasetSettings:
-        """Refuse settings that would fail on every prompt, before any work starts."""
-        if self.method not in METHODS:
-            raise ValueError(f"Unknown method {self.method!r}: use one of {METHODS}.")
-        if self.metric not in (None, "loss"):
-            raise ValueError(f"metric must be None or 'loss', got {self.metric!r}.")
-        for name in ("batch_size", "shard_size", "ig_steps", "max_nodes"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.max_tokens is not None and self.max_tokens < 2:
-            raise ValueError(f"max_tokens must be at least 2, got {self.max_tokens}.")
-        if self.graph and (self.method != "atp" or self.metric == "loss"):
-            raise ValueError("Graphs need method 'atp' and a token metric (not the loss).")
-        for name in ("node_threshold", "edge_threshold"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie between 0 and 1, got {getattr(self, name)}.")
+    def __post_init__(self) -> None:
+        if self.trace.metric not in (None, "loss"):
+            raise ValueError(f"metric must be None or 'loss', got {self.trace.metric!r}.")
+        for name in ("batch_size", "shard_size"):
+            object.__setattr__(self, name, whole_number(getattr(self, name), name, 1))
+        if self.max_tokens is not None:
+            object.__setattr__(self, "max_tokens", whole_number(self.max_tokens, "max_tokens", 2))
+        if self.graph is not None:
+            self.trace.check_graphable()
         if self.loader is not None and not re.fullmatch(r"[\w.]+:\w+", self.loader):
             raise ValueError(f"loader must be 'package.module:function', got {self.loader!r}.")
-        if self.sae_dtype not in loading.SAE_DTYPES:
-            raise ValueError(
-                f"Unknown SAE dtype {self.sae_dtype!r}: use one of {loading.SAE_DTYPES}."
-            )
-        return self
+
+    @classmethod
+    def of(cls, graph: bool = False, **settings: Any) -> DatasetSettings:
+        """The settings from flat keywords (`run_dataset`'s): this record's fields, the
+        `TraceOptions` fields (method, ig_steps, metric, sae_dtype, device) and, with
+        `graph=True`, the `GraphOptions` fields (max_nodes, node_threshold, edge_threshold)."""
+        (trace, graph_options), own = split_options(settings, TraceOptions, GraphOptions)
+        flat = {f.name for f in fields(cls)} - {"trace", "graph"}
+        unknown = set(own) - flat
+        if unknown:
+            raise ValueError(f"Unknown dataset settings: {', '.join(sorted(unknown))}.")
+        if graph_options and not graph:
+            raise ValueError(f"{', '.join(graph_options)} apply to graphs: pass graph=True.")
+        return cls(
+            trace=TraceOptions(**trace),
+            graph=GraphOptions(**graph_options) if graph else None,
+            **own,
+        )
+
+    @property
+    def device(self) -> str | None:
+        return self.trace.device
 
     def identity(self) -> dict[str, object]:
         """The fields that decide the shard files; a resumed run must match them. Batch size and
         device change only float rounding, and the aggregates are rebuilt at every finish, so a
         run may resume with other values of those."""
-        fields = asdict(self)
-        for free in ("batch_size", "device", "exclude_bos"):
-            fields.pop(free)
-        return fields
+        chosen = asdict(self)
+        for free in ("batch_size", "exclude_bos"):
+            chosen.pop(free)
+        chosen["trace"].pop("device")
+        return chosen
 
     def build(self) -> Callable[[str | None], tuple[Any, dict[str, Any]]] | None:
         """The `loader` function, imported (None when models load by name)."""

@@ -26,9 +26,10 @@ import torch
 from token_trace.attribution import AttributionRun
 from token_trace.datasets.layout import RunDir, write_table
 from token_trace.datasets.settings import DatasetSettings
-from token_trace.graph import EDGE_COLUMNS, Graph, graph_from_trace
+from token_trace.graph import EDGE_COLUMNS, Graph, graph_from_run
 from token_trace.nodes import COLUMNS
-from token_trace.pipeline import PromptError, UnknownWordsWarning, resolve, traces_and_run
+from token_trace.options import PromptSpec
+from token_trace.pipeline import PromptError, UnknownWordsWarning, resolve, run_traces
 from token_trace.prompts import tokenizer_length
 from token_trace.records import Trace
 
@@ -61,7 +62,7 @@ PROMPT_SCHEMA = pa.schema(
         ("text", pa.string()),
         ("answer", pa.string()),
         ("contrast", pa.string()),
-        ("baseline_text", pa.string()),
+        ("counterfactual", pa.string()),
         ("n_tokens", pa.int64()),
         ("tokens", pa.list_(pa.string())),
         ("bos_position", pa.int64()),
@@ -147,14 +148,12 @@ class ShardWorker:
         self.out = RunDir(out_dir)
         build = settings.build()
         if build is None:
-            # Load once, here: every later `traces_and_run` call finds them in the loaders' cache.
-            self.model, _, self.saes, _ = resolve(
-                settings.model, settings.saes, settings.device, settings.sae_dtype
-            )
-            self._model_arg, self._saes_arg = settings.model, settings.saes
+            # Loaded once, here, and reused by every batch of the run.
+            self.loaded = resolve(settings.model, settings.saes, settings.trace)
         else:
-            self.model, self.saes = build(settings.device)
-            self._model_arg, self._saes_arg = self.model, self.saes
+            model, saes = build(settings.device)
+            self.loaded = resolve(model, saes, settings.trace)
+        self.model = self.loaded.model
 
     def run(self, shard: Shard) -> dict[str, object]:
         """Attribute the shard, write its files (prompts last), and say how it went."""
@@ -195,7 +194,7 @@ class ShardWorker:
                 outcomes[slot] = _Outcome(record, error=problem)
             else:
                 runnable.append(slot)
-        if self.settings.graph:
+        if self.settings.graph is not None:
             batches = [[slot] for slot in runnable]  # graphs are built one prompt at a time
         else:
             batches = self._batches(records, runnable)
@@ -251,42 +250,21 @@ class ShardWorker:
                 done.update(self._run_batch(records, pending[half:]))
                 return done
             for slot, result, record in zip(pending, traces, chosen):
-                graph = self._graph(result, run) if self.settings.graph else None
+                chosen_graph = self.settings.graph
+                graph = None if chosen_graph is None else graph_from_run(result, run, chosen_graph)
                 done[slot] = _Outcome(record, trace=result, graph=graph)
             return done
         return done
 
     def _trace(self, records: Sequence[dict]) -> tuple[list[Trace], AttributionRun]:
-        settings = self.settings
-        baselines = [r.get("baseline_text") for r in records]  # all or none: see `_batches`
+        prompts = [
+            PromptSpec(r["text"], r.get("answer"), r.get("contrast"), r.get("counterfactual"))
+            for r in records  # counterfactuals all or none: see `_batches`
+        ]
         with warnings.catch_warnings():
             # Unknown words go into each trace's `warnings` and the prompt row; no console noise.
             warnings.simplefilter("ignore", UnknownWordsWarning)
-            return traces_and_run(
-                [r["text"] for r in records],
-                self._model_arg,
-                self._saes_arg,
-                answers=[r.get("answer") for r in records],
-                contrasts=[r.get("contrast") for r in records],
-                metric=settings.metric,
-                method=settings.method,
-                ig_steps=settings.ig_steps,
-                baseline_texts=None if baselines[0] is None else baselines,
-                device=settings.device,
-                sae_dtype=settings.sae_dtype,
-            )
-
-    def _graph(self, result: Trace, run: AttributionRun) -> Graph:
-        settings = self.settings
-        return graph_from_trace(
-            result,
-            model=self.model,
-            saes=self.saes,
-            max_nodes=settings.max_nodes,
-            node_threshold=settings.node_threshold,
-            edge_threshold=settings.edge_threshold,
-            run=run,
-        )
+            return run_traces(prompts, self.loaded, self.settings.trace)
 
     # ------------------------------------------------------------------ files
 
@@ -294,7 +272,7 @@ class ShardWorker:
         ok = [o for o in outcomes if o.trace is not None]
         node_frames = [o.trace.nodes.assign(prompt_id=o.record["prompt_id"]) for o in ok]
         write_table(_frame(node_frames, NODE_SCHEMA), self.out.shard("nodes", index), NODE_SCHEMA)
-        if self.settings.graph:
+        if self.settings.graph is not None:
             graphs = [o for o in ok if o.graph is not None]
             nodes = [o.graph.nodes.assign(prompt_id=o.record["prompt_id"]) for o in graphs]
             edges = [o.graph.edges.assign(prompt_id=o.record["prompt_id"]) for o in graphs]
@@ -334,7 +312,7 @@ def _prompt_row(shard: int, outcome: _Outcome) -> dict[str, object]:
         "shard": shard,
         "status": "ok" if outcome.error is None else "error",
         "error": outcome.error,
-        **{name: record.get(name) for name in ("text", "answer", "contrast", "baseline_text")},
+        **{name: record.get(name) for name in ("text", "answer", "contrast", "counterfactual")},
     }
     result = outcome.trace
     if result is None:
@@ -367,7 +345,7 @@ def _prompt_row(shard: int, outcome: _Outcome) -> dict[str, object]:
 
 
 def _has_baseline(record: dict) -> bool:
-    return record.get("baseline_text") is not None
+    return record.get("counterfactual") is not None
 
 
 def _free_memory() -> None:

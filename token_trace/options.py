@@ -1,0 +1,276 @@
+"""The options of a request, each default and each check written once.
+
+Three frozen records travel from the front ends (library keywords, the app's form and API, both
+commands) down to the engine:
+
+- `PromptSpec`: what to score on one prompt (its text, answer, contrast and counterfactual);
+- `TraceOptions`: how to attribute it (metric, method, integrated-gradient steps, SAE dtype,
+  device), shared by every prompt of a call;
+- `GraphOptions`: which graph to keep (max nodes, node and edge thresholds).
+
+Each record checks its own values when it is made, so a bad option is refused with one message
+wherever it comes from, before anything is loaded. Field metadata (`help`, `flag`) is what the
+command-line parsers are built from (`add_arguments`), so a new option is one declaration here plus
+its widgets. This module imports nothing heavy: `token-trace --help` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, Literal, Union, get_args
+
+#: The model used when a caller names none, and the one that ships inside the package.
+DEFAULT_MODEL = "gpt2-small"
+BUNDLED_MODEL = "ioi-demo"
+
+Method = Literal["atp", "ig"]
+#: Each attribution method and its name in words.
+METHODS: Mapping[str, str] = {
+    "atp": "Attribution patching (AtP)",
+    "ig": "Integrated gradients (IG)",
+}
+Baseline = Literal["zero", "counterfactual"]
+NodeType = Literal["embedding", "feature", "error", "metric"]
+#: The kinds of node a graph holds, in layer order (a trace's table holds features and errors).
+NODE_TYPES: tuple[str, ...] = get_args(NodeType)
+SAEDtype = Literal["float32", "bfloat16", "float16"]
+SAE_DTYPES: tuple[str, ...] = get_args(SAEDtype)
+#: Named metrics; a callable from logits `[batch, pos, d_vocab]` to one value per row also works.
+MetricName = Literal["logprob", "logit_diff", "loss"]
+METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
+MetricArgument = Union[str, Callable[..., Any], None]  # noqa: UP007 (a runtime alias on 3.10)
+Answer = Union[str, int, Sequence[int]]  # noqa: UP007
+
+#: `answer=TOP_PREDICTION` scores the model's own most likely next token after the text (found by
+#: one forward pass): "what the model predicts", as the app scores an empty answer.
+TOP_PREDICTION = "<top prediction>"
+
+DEFAULT_IG_STEPS = 10
+DEFAULT_MAX_NODES = 200
+DEFAULT_NODE_THRESHOLD = 0.8
+DEFAULT_EDGE_THRESHOLD = 0.98
+
+
+def option(default: Any, help: str, *, flag: str | None = None, **cli: Any) -> Any:
+    """A record field with its command-line help (and flag, when not `--field-name`)."""
+    return field(default=default, metadata={"help": help, "flag": flag, **cli})
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def whole_number(value: Any, name: str, low: int, high: int | None = None) -> int:
+    """`value` as an int in [low, high], or a ValueError naming `name`. Strings of digits and
+    integral floats (a form's numbers) pass; NaN, 2.5, "abc" and booleans do not."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text) if text else math.nan
+        except ValueError:
+            value = math.nan
+    span = f"at least {low}" if high is None else f"between {low} and {high}"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value != int(value)
+        or not low <= value <= (math.inf if high is None else high)
+    ):
+        raise ValueError(f"{name} must be a whole number {span}, got {value!r}.")
+    return int(value)
+
+
+def share(value: Any, name: str, *, optional: bool = False) -> float | None:
+    """`value` as a number in [0, 1] (None passes when `optional`), or a ValueError."""
+    if value is None and optional:
+        return None
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, numbers.Real)
+        or not 0.0 <= float(number) <= 1.0
+    ):
+        none = " (or None)" if optional else ""
+        raise ValueError(f"{name} must lie between 0 and 1{none}, got {value!r}.")
+    return float(number)
+
+
+def one_of(value: Any, name: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}: use one of {', '.join(map(repr, allowed))}.")
+    return value
+
+
+def check_metric(metric: Any) -> None:
+    """A metric is None (the default log-probability), a name, or a callable."""
+    if not (metric is None or callable(metric) or metric in METRIC_NAMES):
+        raise ValueError(
+            f"Unknown metric {metric!r}: use 'logprob', 'logit_diff', 'loss' or a callable."
+        )
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """What to score on one prompt (checked against the model's tokenizer by `prepare_prompt`)."""
+
+    text: Any = None  # str, or a `1 x T` tensor of token ids (taken as is)
+    answer: Answer | None = option(
+        None, "score log p(answer | prompt); a leading space is part of the token (' Mary')"
+    )
+    contrast: Answer | None = option(
+        None, "with --answer, score logit(answer) - logit(contrast); one token each"
+    )
+    counterfactual: Any = option(
+        None,
+        "a counterfactual prompt of the same token length: nodes are patched to their value on "
+        "it instead of to zero",
+        aliases=("--baseline",),
+    )
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    """How a call attributes its prompts (the same for every prompt of the call)."""
+
+    metric: MetricArgument = option(
+        None, "score the prompt's mean next-token loss", flag="--loss", const="loss"
+    )
+    method: Method = option("atp", "attribution patching (atp) or integrated gradients (ig)")
+    ig_steps: int = option(DEFAULT_IG_STEPS, "integrated-gradient steps (with --method ig)")
+    sae_dtype: SAEDtype = option(
+        "float32", "load the SAEs at this precision; half precision is for GPUs"
+    )
+    device: str | None = option(None, "cpu or cuda (default: cuda when present)")
+
+    def __post_init__(self) -> None:
+        one_of(self.method, "method", tuple(METHODS))
+        # Only integrated gradients takes steps; AtP ignores the field (and compares equal).
+        steps = whole_number(self.ig_steps, "ig_steps", 1) if self.method == "ig" else None
+        object.__setattr__(self, "ig_steps", steps or DEFAULT_IG_STEPS)
+        one_of(self.sae_dtype, "SAE dtype", SAE_DTYPES)
+        check_metric(self.metric)
+
+    @property
+    def scores_tokens(self) -> bool:
+        """Whether the metric reads a few tokens' logits (not the loss over every position)."""
+        return self.metric != "loss"
+
+    def check_graphable(self) -> None:
+        """Graphs are built from attribution patching of a token metric: refuse anything else."""
+        if self.method != "atp" or not self.scores_tokens:
+            raise ValueError(
+                "Graphs are built from attribution patching (method 'atp') of a token metric "
+                "(not the loss)."
+            )
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """Which graph to keep: the `max_nodes` nodes of largest |attribution| (None: all), pruned
+    to those carrying `node_threshold` / `edge_threshold` of the influence (None: no pruning)."""
+
+    max_nodes: int | None = option(
+        DEFAULT_MAX_NODES, "graph: the nodes of largest |attribution| that edges are computed for"
+    )
+    node_threshold: float | None = option(
+        DEFAULT_NODE_THRESHOLD, "graph: keep the nodes carrying this share of the influence"
+    )
+    edge_threshold: float | None = option(
+        DEFAULT_EDGE_THRESHOLD, "graph: keep the edges carrying this share of the influence"
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_nodes is not None:
+            object.__setattr__(self, "max_nodes", whole_number(self.max_nodes, "max_nodes", 1))
+        for name in ("node_threshold", "edge_threshold"):
+            object.__setattr__(self, name, share(getattr(self, name), name, optional=True))
+
+
+def split_options(
+    options: Mapping[str, Any], *records: type
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Keyword options sorted into each record's fields, and whatever is left over."""
+    left = dict(options)
+    parts = []
+    for record in records:
+        names = {f.name for f in fields(record)}
+        parts.append({name: left.pop(name) for name in list(left) if name in names})
+    return parts, left
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser, record: type, skip: Sequence[str] = ()) -> None:
+    """One flag per field of `record` that has help, with its default, type and choices."""
+    hints = typing.get_type_hints(record)
+    for spec in fields(record):
+        if spec.name in skip or "help" not in spec.metadata:
+            continue
+        meta = spec.metadata
+        flags = [meta.get("flag") or "--" + spec.name.replace("_", "-"), *meta.get("aliases", ())]
+        help_text = meta["help"] + _default_note(spec)
+        if "const" in meta:
+            parser.add_argument(
+                *flags, dest=spec.name, action="store_const", const=meta["const"],
+                default=spec.default, help=help_text,
+            )  # fmt: skip
+            continue
+        choices = _choices(hints[spec.name])
+        parser.add_argument(
+            *flags, dest=spec.name, default=spec.default, choices=choices,
+            type=None if choices else _scalar_type(hints[spec.name]), help=help_text,
+        )  # fmt: skip
+
+
+def arguments_for(record: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed values of the flags `add_arguments` made for `record`'s fields."""
+    return {f.name: getattr(args, f.name) for f in fields(record) if "help" in f.metadata}
+
+
+def from_arguments(record: type, args: argparse.Namespace) -> Any:
+    """The record made from parsed arguments (its checks run here, before anything loads)."""
+    return record(**arguments_for(record, args))
+
+
+def _default_note(spec: Field) -> str:
+    default = spec.default
+    if default is MISSING or default is None or isinstance(default, bool):
+        return ""
+    return f" (default: {default})"
+
+
+def _choices(hint: Any) -> list[str] | None:
+    for arg in (hint, *get_args(hint)):
+        if typing.get_origin(arg) is Literal:
+            return list(get_args(arg))
+    return None
+
+
+def _scalar_type(hint: Any) -> Callable[[str], Any] | None:
+    """The converter for a flag's text: int or float fields are parsed by the record's own
+    checks (so `--max-nodes 0` and `--max-nodes x` get the same message), others stay text."""
+    for kind in (int, float):
+        if hint is kind or kind in get_args(hint):
+            return _number
+    return None
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text  # the record's check names the option and refuses it
