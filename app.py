@@ -75,6 +75,17 @@ CLICK_JS = """
   new MutationObserver(bind).observe(document.body, { childList: true, subtree: true });
 }
 """
+#: After a graph click, bring the node's card into view (below the graph on a narrow screen).
+SHOW_CARD_JS = """
+() => {
+  const card = document.querySelector('#tt-graph-card');
+  if (!card) return;
+  const box = card.getBoundingClientRect();
+  if (box.top < 0 || box.bottom > window.innerHeight) {
+    card.scrollIntoView({ behavior: 'instant', block: 'nearest' });
+  }
+}
+"""
 #: Turns the link's query into the full address, shows it and copies it to the clipboard.
 COPY_LINK_JS = """
 (query) => {
@@ -271,7 +282,12 @@ def graph_section(ui: Components) -> None:
             ui.add("show_errors", gr.Checkbox(label="Show error nodes", value=True))
             ui.add("graph_button", gr.Button("Build graph", elem_id="tt-graph-run"))
         ui.add("graph_summary", gr.HTML(elem_id="tt-graph-summary"))
-        ui.add("graph_plot", gr.Plot(label="Flow graph", elem_id="tt-graph"))
+        with gr.Row(equal_height=False, elem_id="tt-graph-row"):
+            with gr.Column(scale=3, min_width=320):
+                # Wide graphs scroll sideways inside this box (see the theme's CSS).
+                ui.add("graph_plot", gr.Plot(label="Flow graph", elem_id="tt-graph"))
+            with gr.Column(scale=1, min_width=260):
+                ui.add("graph_card", gr.HTML(render.GRAPH_CARD_HINT, elem_id="tt-graph-card"))
         with gr.Row():
             ui.add("graph_file", gr.DownloadButton("Graph (Neuronpedia JSON)", size="sm"))
             gr.HTML(render.NEURONPEDIA_NOTE)
@@ -375,12 +391,19 @@ def wire_graph(ui: Components, page: Page) -> None:
         ui.of(GRAPH_OUTPUTS),
         **CHEAP,
     )
+
+    def click(given: dict) -> dict:
+        values = ui.read(given)
+        return ui.fill(
+            page.graph_click(values["graph_run"], values["graph_click"], choice_of(values))
+        )
+
     ui["graph_click_go"].click(
-        lambda run, node: ui.fill(page.graph_click(run, node)),
-        ui.of(["graph_run", "graph_click"]),
-        ui.of(["panel", "selected"]),
+        click,
+        ui.inputs(["graph_run", "graph_click"], GRAPH_FIELDS),
+        ui.of(["panel", "selected", "graph_card", "graph_plot"]),
         **CHEAP,
-    )
+    ).then(None, None, None, js=SHOW_CARD_JS, **CHEAP)
 
 
 def wire_checks(ui: Components, page: Page) -> None:

@@ -29,6 +29,7 @@ from token_trace.app.requests import (
     share_query,
 )
 from token_trace.app.service import Run, Service
+from token_trace.flow_view import flow_figure
 from token_trace.graph import Graph, node_ids
 from token_trace.options import (
     DEFAULT_EDGE_THRESHOLD,
@@ -60,7 +61,7 @@ OUTPUTS = (
 #: The outputs that follow the table's filters (no recomputation).
 FILTERED_OUTPUTS = ("table", "heatmap", "layer_plot", "scatter", "links")
 #: The flow graph's outputs, and the checks'.
-GRAPH_OUTPUTS = ("graph_plot", "graph_summary", "graph_file")
+GRAPH_OUTPUTS = ("graph_plot", "graph_summary", "graph_file", "graph_card")
 VERIFY_OUTPUTS = ("verify_summary", "verify_scatter", "verify_layers")
 MAX_GRAPH_NODES = 1000
 DEFAULT_VERIFY_NODES, MAX_VERIFY_NODES = 20, 200
@@ -282,20 +283,31 @@ class Page:
     def redraw(graph_run: GraphRun | None, choice: GraphChoice) -> dict[str, Any]:
         """The graph at other thresholds, or with errors hidden: re-pruned, no new backward."""
         if graph_run is None:
-            return {"graph_plot": None, "graph_summary": "", "graph_file": None}
+            return {"graph_plot": None, "graph_summary": "", "graph_file": None,
+                    "graph_card": render.GRAPH_CARD_HINT}  # fmt: skip
         graph = graph_run.graph.prune(choice.node_threshold, choice.edge_threshold)
+        method = graph_run.settings.options.method
         return {
-            "graph_plot": plots.flow_graph(graph, choice.show_errors),
-            "graph_summary": render.graph_summary_html(graph, graph_run.settings.options.method),
+            "graph_plot": flow_figure(graph, choice.show_errors),
+            "graph_summary": render.graph_summary_html(graph, method, choice.show_errors),
             "graph_file": str(exports.write_graph(graph_run.settings, graph, EXPORT_DIR)),
+            "graph_card": render.GRAPH_CARD_HINT,
         }
 
-    def graph_click(self, graph_run: GraphRun | None, node_id: str) -> dict[str, Any]:
-        """The feature panel for a clicked graph node, and its id (for shareable links)."""
+    def graph_click(
+        self, graph_run: GraphRun | None, node_id: str, choice: GraphChoice
+    ) -> dict[str, Any]:
+        """A clicked graph node: its edges lit in the figure, its inputs and outputs in the card
+        beside the graph, its panel, and its id (for shareable links)."""
         if graph_run is None or not node_id:
             return {"panel": render.PANEL_HINT, "selected": None}
-        panel = render.graph_node_panel_html(graph_run.graph.trace, node_id, offline=self.offline)
-        return {"panel": panel, "selected": node_id}
+        graph = graph_run.graph.prune(choice.node_threshold, choice.edge_threshold)
+        return {
+            "panel": render.graph_node_panel_html(graph.trace, node_id, offline=self.offline),
+            "selected": node_id,
+            "graph_card": render.graph_card_html(graph, node_id),
+            "graph_plot": flow_figure(graph, choice.show_errors, selected=node_id),
+        }
 
     def verify(
         self,

@@ -15,7 +15,6 @@ import plotly.graph_objects as go
 from token_trace.ablation import Verification
 from token_trace.app.render import token_label
 from token_trace.app.theme import DIVERGING, FONT, MONO, NEUTRAL, TOTAL, signed_colour
-from token_trace.graph import Graph
 from token_trace.hook_names import short_label
 from token_trace.records import Trace
 
@@ -143,111 +142,6 @@ def attribution_scatter(df: pd.DataFrame, max_points: int = SCATTER_POINTS) -> g
 
 
 #: Edge line widths: |weight| is binned into this many widths per sign (one plotly trace each).
-EDGE_WIDTH_BINS = 5
-NODE_SYMBOLS = {"embedding": "square", "feature": "circle", "error": "x", "metric": "star"}
-
-
-def flow_graph(graph: Graph, show_errors: bool = True) -> go.Figure:
-    """The token-flow graph: positions left to right, layers bottom to top (tokens at the bottom,
-    the metric on top), one mark per kept node sized by |attribution| and coloured by sign (error
-    nodes as crosses), edges as lines whose width follows |weight| and colour its sign.
-
-    Each mark carries its `node_id` as customdata, which the page reads on a click.
-    """
-    nodes, edges = graph.nodes, graph.edges
-    if not show_errors:
-        errors = set(nodes.loc[nodes["node_type"] == "error", "node_id"])
-        nodes = nodes[nodes["node_type"] != "error"]
-        edges = edges[~edges["source"].isin(errors) & ~edges["target"].isin(errors)]
-    place = _node_places(nodes)
-    fig = go.Figure()
-    if len(edges):
-        scale = float(edges["weight"].abs().max()) or 1.0
-        bins = np.minimum(
-            (edges["weight"].abs().to_numpy() / scale * EDGE_WIDTH_BINS).astype(int),
-            EDGE_WIDTH_BINS - 1,
-        )
-        for positive in (True, False):
-            for level in range(EDGE_WIDTH_BINS):
-                chosen = edges[(bins == level) & ((edges["weight"] >= 0) == positive)]
-                if chosen.empty:
-                    continue
-                start, end = place.loc[chosen["source"]], place.loc[chosen["target"]]
-                xs = np.column_stack([start["x"], end["x"], np.full(len(chosen), np.nan)])
-                ys = np.column_stack([start["y"], end["y"], np.full(len(chosen), np.nan)])
-                fig.add_scatter(
-                    x=xs.ravel(),
-                    y=ys.ravel(),
-                    mode="lines",
-                    line={"color": signed_colour(1 if positive else -1), "width": 0.5 + level},
-                    opacity=0.25 + 0.12 * level,
-                    hoverinfo="skip",
-                    showlegend=False,
-                )
-    size = nodes["attribution"].abs().fillna(0.0).to_numpy()
-    size = 7 + 23 * np.sqrt(size / size.max()) if len(size) and size.max() > 0 else 10
-    tokens = [token_label(p, t) for p, t in zip(nodes["position"], nodes["token"].astype(str))]
-    hover = [
-        f"{kind} · layer {layer} · {token}<br>feature {feature} · activation {activation:.4g}"
-        f"<br>attribution {attribution:+.4g} · influence {influence:.3g}"
-        for kind, layer, token, feature, activation, attribution, influence in zip(
-            nodes["node_type"].astype(str),
-            nodes["layer"],
-            tokens,
-            nodes["feature"],
-            nodes["activation"].fillna(0.0),
-            nodes["attribution"].fillna(0.0),
-            nodes["influence"],
-        )
-    ]
-    fig.add_scatter(
-        x=place.loc[nodes["node_id"], "x"],
-        y=place.loc[nodes["node_id"], "y"],
-        mode="markers",
-        customdata=nodes["node_id"],
-        marker={
-            "size": size,
-            "color": [signed_colour(v) for v in nodes["attribution"].fillna(0.0)],
-            "symbol": [NODE_SYMBOLS[kind] for kind in nodes["node_type"].astype(str)],
-            "line": {"color": "white", "width": 1},
-            "opacity": 0.9,
-        },
-        text=hover,
-        hovertemplate="%{text}<extra></extra>",
-        showlegend=False,
-    )
-    result = graph.trace
-    positions = list(range(len(result.prompt.tokens)))
-    step = -(-len(positions) // MAX_TICKS)
-    ticks = positions[::step]
-    labels = [token_label(p, result.prompt.tokens[p]) for p in ticks]
-    fig.update_xaxes(tickvals=ticks, ticktext=labels, tickangle=-45, showgrid=False, zeroline=False)
-    layers = sorted(nodes["layer"].unique().tolist())
-    layer_text = {record.layer: short_label(record.hook_name) for record in result.saes}
-    layer_text = {**layer_text, -1: "tokens", max(layers): "metric"}
-    fig.update_yaxes(
-        tickvals=layers,
-        ticktext=[layer_text.get(layer, str(layer)) for layer in layers],
-        showgrid=True,
-        zeroline=False,
-    )
-    fig.update_layout(hovermode="closest", clickmode="event")
-    title = (
-        f"Flow graph: {len(nodes)} nodes, {len(edges)} edges · error share "
-        f"{graph.error_share:.0%} · click a node"
-    )
-    return _style(fig, title, height=260 + 60 * len(layers))
-
-
-def _node_places(nodes: pd.DataFrame) -> pd.DataFrame:
-    """x (position, nodes of one cell spread across it) and y (layer) of each node, by node_id."""
-    rank = nodes.groupby(["layer", "position"]).cumcount().to_numpy()
-    count = nodes.groupby(["layer", "position"])["node_id"].transform("size").to_numpy()
-    offset = np.where(count > 1, (rank / np.maximum(count - 1, 1) - 0.5) * 0.7, 0.0)
-    return pd.DataFrame(
-        {"x": nodes["position"].to_numpy() + offset, "y": nodes["layer"].to_numpy()},
-        index=nodes["node_id"].to_numpy(),
-    )
 
 
 def verification_figures(check: Verification) -> tuple[go.Figure, go.Figure]:

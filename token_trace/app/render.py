@@ -18,6 +18,7 @@ from token_trace import loading
 from token_trace.ablation import Verification
 from token_trace.app.requests import Preset
 from token_trace.app.theme import signed_background
+from token_trace.flow_view import KINDS, node_label, shown
 from token_trace.graph import Graph
 from token_trace.loading import is_bundled
 from token_trace.neuronpedia import embed_url, feature_url, quick_list_url
@@ -401,14 +402,14 @@ NEURONPEDIA_NOTE = (
 )
 
 
-def graph_summary_html(graph: Graph, method: str) -> str:
-    """Counts, the error share, and what the graph is built from."""
-    nodes = graph.nodes
-    sae_nodes = int(nodes["node_type"].isin(["feature", "error"]).sum())
+def graph_summary_html(graph: Graph, method: str, show_errors: bool = True) -> str:
+    """Counts (of what the figure shows), the error share, and what the graph is built from."""
+    view = shown(graph, show_errors)
+    hidden = "" if show_errors else " (error nodes hidden)"
     parts = [
-        f"<b>{sae_nodes}</b> SAE nodes and <b>{len(graph.edges):,}</b> edges kept of "
-        f"{graph.max_nodes} nodes and {len(graph.candidate_edges):,} edges computed",
-        f"error nodes carry <b>{graph.error_share:.0%}</b> of the kept influence",
+        f"<b>{view.n_sae_nodes}</b> SAE nodes and <b>{len(view.edges):,}</b> edges kept{hidden}, "
+        f"of {graph.max_nodes} nodes and {len(graph.candidate_edges):,} edges computed",
+        f"error nodes carry <b>{view.error_share:.0%}</b> of the shown influence",
     ]
     note = ""
     if method != "atp":
@@ -417,6 +418,48 @@ def graph_summary_html(graph: Graph, method: str) -> str:
             "edges here are AtP estimates, whatever the method chosen above.</div>"
         )
     return f'<div class="tt-summary">{" · ".join(parts)}{note}</div>'
+
+
+#: Inputs and outputs a graph card lists for its node.
+CARD_LINKS = 8
+
+
+def graph_card_html(graph: Graph, node_id: str | None) -> str:
+    """Beside the graph: the clicked node, and its strongest inputs and outputs in the shown
+    graph with their weights and labels."""
+    if not node_id:
+        return GRAPH_CARD_HINT
+    nodes = graph.nodes.set_index("node_id")
+    if node_id not in nodes.index:
+        return _panel_message(f"{node_id!r} is not in the graph as pruned now.")
+    node = nodes.loc[node_id]
+    kind, name = KINDS[str(node["node_type"])], node_label(node.to_dict())
+    token = quoted_token(str(node["token"]))
+    head = (
+        f'<div class="tt-node-head">{html.escape(kind)} <b>{html.escape(name)}</b> · '
+        f"{html.escape(token)} · attribution "
+        f"<b>{format_value(float(node['attribution']))}</b></div>"
+    )
+    edges = graph.edges
+    lists = []
+    for title, chosen, other in (
+        ("Inputs", edges[edges["target"] == node_id], "source"),
+        ("Outputs", edges[edges["source"] == node_id], "target"),
+    ):
+        top = chosen.reindex(chosen["weight"].abs().sort_values(ascending=False).index)
+        items = "".join(
+            f"<li>{format_value(weight)} · {html.escape(node_label(nodes.loc[end].to_dict()))} "
+            f"<span class='tt-muted'>({html.escape(end)})</span></li>"
+            for end, weight in zip(top[other].head(CARD_LINKS), top["weight"].head(CARD_LINKS))
+        )
+        lists.append(f"<p><b>{title}</b> ({len(chosen)})</p><ol>{items or '<li>none</li>'}</ol>")
+    return f'<div class="tt-panel tt-graph-card">{head}{"".join(lists)}</div>'
+
+
+GRAPH_CARD_HINT = (
+    '<div class="tt-panel tt-graph-card"><p class="tt-note">Click a node of the graph: its '
+    "edges light up and its strongest inputs and outputs are listed here.</p></div>"
+)
 
 
 #: A graph node id: `{layer}_{feature}_{position}`, `E_{token id}_{position}` for token nodes.

@@ -70,4 +70,15 @@ CSS = """
   background: var(--background-fill-secondary); font-family: ui-monospace, monospace; }
 .tt-context { white-space: pre-wrap; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
 .tt-context mark { background: rgba(202, 62, 54, 0.35); border-radius: 3px; padding: 0 1px; }
+/* The flow graph keeps the width it needs for its nodes not to overlap and scrolls sideways. */
+#tt-graph { overflow-x: auto; }
+#tt-graph .js-plotly-plot, #tt-graph .plot-container { min-width: max-content; }
+.tt-graph-card ol { margin: 0.2rem 0 0 1.2rem; padding: 0; font-size: 0.85rem; }
+/* Phones: filters wrap instead of clipping their labels; charts keep their own width. */
+@media (max-width: 640px) {
+  #tt-filters { flex-wrap: wrap; }
+  #tt-filters > * { min-width: fit-content !important; flex: 1 1 auto; }
+  #tt-heatmap, #tt-layers, #tt-scatter { overflow-x: auto; }
+  .modebar-container { display: none; }
+}
 """

@@ -1,0 +1,297 @@
+"""The token-flow graph as a figure a person can read: the app draws it, and so does a notebook.
+
+Positions run left to right and SAE layers bottom to top (the prompt's tokens below, the metric on
+top). The nodes of one (layer, position) cell are laid out on a small grid inside the cell, and the
+figure is made wide and tall enough that no two markers overlap: a long prompt gives a wide figure
+that scrolls sideways rather than one that squeezes. A legend says what each shape and colour
+means; the most influential nodes carry their label beside them, and every node in its hover.
+A selected node keeps its own edges in full colour and fades the rest.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from token_trace.colors import NEGATIVE, NEUTRAL, POSITIVE, signed_colour
+from token_trace.hook_names import short_label
+
+SYMBOLS = {"feature": "circle", "error": "x", "embedding": "square", "metric": "star"}
+KINDS = {
+    "feature": "SAE feature",
+    "error": "SAE error (what the SAE misses)",
+    "embedding": "prompt token",
+    "metric": "the metric",
+}
+#: How many of the most influential SAE nodes get their label written beside them.
+N_LABELLED = 15
+#: Pixels each node of a cell gets (markers are at most `MAX_MARKER` wide), and the least room a
+#: position and a layer get however few nodes they hold.
+SLOT_PX, MAX_MARKER = 24, 18
+MIN_POSITION_PX, MIN_LAYER_PX = 70, 80
+#: Share of a position's width and a layer's height that its cell's nodes spread over.
+CELL_WIDTH, CELL_HEIGHT = 0.8, 0.7
+MARGIN = {"l": 90, "r": 30, "t": 80, "b": 90}
+EDGE_BINS = 4
+FADED = 0.06
+
+
+class GraphLike(Protocol):
+    """What the view needs of a `graph.Graph` (described by shape: `graph` is not imported)."""
+
+    trace: Any
+    nodes: pd.DataFrame
+    edges: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The nodes and edges a view shows (error nodes hidden or not), counted the same way by the
+    figure's title and the page's summary."""
+
+    nodes: pd.DataFrame
+    edges: pd.DataFrame
+
+    @property
+    def n_sae_nodes(self) -> int:
+        return int(self.nodes["node_type"].isin(["feature", "error"]).sum())
+
+    @property
+    def error_share(self) -> float:
+        sae = self.nodes[self.nodes["node_type"].isin(["feature", "error"])]
+        total = float(sae["influence"].sum())
+        errors = float(sae.loc[sae["node_type"] == "error", "influence"].sum())
+        return errors / total if total > 0 else 0.0
+
+
+def shown(graph: GraphLike, show_errors: bool = True) -> Shown:
+    """The graph's kept nodes and edges, without the error nodes (and their edges) if asked."""
+    nodes, edges = graph.nodes, graph.edges
+    if not show_errors:
+        errors = nodes.loc[nodes["node_type"] == "error", "node_id"]
+        nodes = nodes[nodes["node_type"] != "error"]
+        edges = edges[~edges["source"].isin(errors) & ~edges["target"].isin(errors)]
+    return Shown(nodes, edges)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each node sits (data coordinates, by node id) and the figure's size in pixels."""
+
+    places: pd.DataFrame
+    width: int
+    height: int
+    rows: list[int]  # the layers, bottom to top
+
+
+def layout(nodes: pd.DataFrame) -> Layout:
+    """Each (layer, position) cell's nodes on a grid, largest |attribution| first; the figure
+    sized so each node has `SLOT_PX` of room. Layers are evenly spaced whatever their numbers."""
+    rows = sorted(nodes["layer"].unique().tolist())
+    row_of = {layer: index for index, layer in enumerate(rows)}
+    order = nodes.assign(size=nodes["attribution"].abs().fillna(0.0)).sort_values(
+        ["layer", "position", "size"], ascending=[True, True, False], kind="stable"
+    )
+    cell = order.groupby(["layer", "position"], sort=False)
+    rank = cell.cumcount().to_numpy()
+    count = cell["node_id"].transform("size").to_numpy()
+    columns = np.ceil(np.sqrt(count * 1.5)).astype(int)
+    lines = np.ceil(count / columns).astype(int)
+    column, line = rank % columns, rank // columns
+    dx = np.where(columns > 1, (column / np.maximum(columns - 1, 1) - 0.5) * CELL_WIDTH, 0.0)
+    dy = np.where(lines > 1, (line / np.maximum(lines - 1, 1) - 0.5) * CELL_HEIGHT, 0.0)
+    places = pd.DataFrame(
+        {
+            "x": order["position"].to_numpy() + dx,
+            "y": order["layer"].map(row_of).to_numpy() + dy,
+        },
+        index=order["node_id"].to_numpy(),
+    )
+    # Neighbours in a cell sit CELL_WIDTH / (columns - 1) apart: give that SLOT_PX at least.
+    widest = int(columns.max()) if len(columns) else 1
+    tallest = int(lines.max()) if len(lines) else 1
+    position_px = max(MIN_POSITION_PX, SLOT_PX * max(widest - 1, 1) / CELL_WIDTH + SLOT_PX)
+    layer_px = max(MIN_LAYER_PX, SLOT_PX * max(tallest - 1, 1) / CELL_HEIGHT + SLOT_PX)
+    n_positions = int(nodes["position"].max()) + 1 if len(nodes) else 1
+    width = int(n_positions * position_px) + MARGIN["l"] + MARGIN["r"]
+    height = int(len(rows) * layer_px) + MARGIN["t"] + MARGIN["b"]
+    return Layout(places, width, height, rows)
+
+
+def node_label(node: pd.Series | dict) -> str:
+    """A node's short name: its label where one is known, else what it is."""
+    label = str(node.get("label") or "")
+    kind = str(node["node_type"])
+    if kind == "feature":
+        return label or f"#{int(node['feature'])}"
+    if kind == "error":
+        return "error"
+    return label or str(node.get("token", ""))
+
+
+def flow_figure(
+    graph: GraphLike, show_errors: bool = True, selected: str | None = None
+) -> go.Figure:
+    """The readable flow graph (see the module docstring). Each marker carries its node id as
+    `customdata`, which the page reads on a click."""
+    view = shown(graph, show_errors)
+    nodes, edges = view.nodes, view.edges
+    placed = layout(nodes)
+    place = placed.places
+    neighbours = _neighbours(edges, selected)
+    fig = go.Figure()
+    if len(edges):
+        _add_edges(fig, edges, place, selected)
+    _add_legend(fig)  # before the nodes: the page reads the nodes off the last trace
+    size = nodes["attribution"].abs().fillna(0.0).to_numpy()
+    size = 7 + (MAX_MARKER - 7) * np.sqrt(size / size.max()) if size.max() > 0 else 10.0
+    labelled = set(
+        nodes[nodes["node_type"].isin(["feature", "error"])].nlargest(N_LABELLED, "influence")[
+            "node_id"
+        ]
+    )
+    records = nodes.to_dict("records")
+    texts = [html.escape(node_label(n)[:28]) if n["node_id"] in labelled else "" for n in records]
+    opacity = [1.0 if selected is None or n["node_id"] in neighbours else 0.2 for n in records]
+    fig.add_scatter(
+        x=place.loc[nodes["node_id"], "x"],
+        y=place.loc[nodes["node_id"], "y"],
+        mode="markers+text",
+        customdata=nodes["node_id"],
+        text=texts,
+        textposition="middle right",
+        textfont={"size": 10},
+        hovertext=[_hover(n, graph) for n in records],
+        hovertemplate="%{hovertext}<extra></extra>",
+        marker={
+            "size": size,
+            "color": [signed_colour(v) for v in nodes["attribution"].fillna(0.0)],
+            "symbol": [SYMBOLS[str(kind)] for kind in nodes["node_type"]],
+            "opacity": opacity,
+            "line": {
+                "color": ["black" if n["node_id"] == selected else "white" for n in records],
+                "width": [3 if n["node_id"] == selected else 1 for n in records],
+            },
+        },
+        showlegend=False,
+    )
+    _axes(fig, graph, placed)
+    title = (
+        f"{view.n_sae_nodes} SAE nodes, {len(edges):,} edges · error share "
+        f"{view.error_share:.0%} · click a node"
+    )
+    fig.update_layout(
+        title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}},
+        template="plotly_white",
+        width=placed.width,
+        height=placed.height,
+        margin=MARGIN,
+        hovermode="closest",
+        clickmode="event",
+        dragmode="pan",
+        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom", "font": {"size": 11}},
+    )
+    return fig
+
+
+def _neighbours(edges: pd.DataFrame, selected: str | None) -> set[str]:
+    if selected is None:
+        return set()
+    touching = edges[(edges["source"] == selected) | (edges["target"] == selected)]
+    return {selected, *touching["source"], *touching["target"]}
+
+
+def _add_edges(fig: go.Figure, edges: pd.DataFrame, place: pd.DataFrame, selected: str | None):
+    """Edges as few line traces: one per sign, width bin and (with a selection) highlight."""
+    scale = float(edges["weight"].abs().max()) or 1.0
+    level = np.minimum((edges["weight"].abs().to_numpy() / scale * EDGE_BINS).astype(int),
+                       EDGE_BINS - 1)  # fmt: skip
+    lit = (
+        np.ones(len(edges), dtype=bool)
+        if selected is None
+        else ((edges["source"] == selected) | (edges["target"] == selected)).to_numpy()
+    )
+    positive = (edges["weight"] >= 0).to_numpy()
+    for sign in (True, False):
+        for width in range(EDGE_BINS):
+            for bright in (True, False):
+                chosen = edges[(positive == sign) & (level == width) & (lit == bright)]
+                if chosen.empty:
+                    continue
+                start, end = place.loc[chosen["source"]], place.loc[chosen["target"]]
+                gap = np.full(len(chosen), np.nan)
+                fig.add_scatter(
+                    x=np.column_stack([start["x"], end["x"], gap]).ravel(),
+                    y=np.column_stack([start["y"], end["y"], gap]).ravel(),
+                    mode="lines",
+                    line={"color": POSITIVE if sign else NEGATIVE, "width": 0.6 + width},
+                    opacity=(0.2 + 0.12 * width) if bright else FADED,
+                    hoverinfo="skip",
+                    showlegend=False,
+                )
+
+
+def _add_legend(fig: go.Figure) -> None:
+    """Legend entries for the shapes (in grey) and the two colours."""
+    for kind, name in KINDS.items():
+        fig.add_scatter(
+            x=[None], y=[None], mode="markers", name=name,
+            marker={"symbol": SYMBOLS[kind], "color": NEUTRAL, "size": 10},
+        )  # fmt: skip
+    for colour, name in ((POSITIVE, "red: raises the metric"), (NEGATIVE, "blue: lowers it")):
+        fig.add_scatter(
+            x=[None], y=[None], mode="markers", name=name,
+            marker={"symbol": "circle", "color": colour, "size": 10},
+        )  # fmt: skip
+
+
+def _axes(fig: go.Figure, graph: GraphLike, placed: Layout) -> None:
+    result = graph.trace
+    tokens = result.prompt.tokens
+    ticks = list(range(len(tokens)))
+    fig.update_xaxes(
+        tickvals=ticks,
+        ticktext=[html.escape(f"{p}: {tokens[p]!r}") for p in ticks],
+        tickangle=-45,
+        showgrid=False,
+        zeroline=False,
+        range=[-0.6, len(tokens) - 0.4],
+    )
+    names = {record.layer: short_label(record.hook_name) for record in result.saes}
+    names = {**names, -1: "tokens", placed.rows[-1]: "metric"} if placed.rows else names
+    fig.update_yaxes(
+        tickvals=list(range(len(placed.rows))),
+        ticktext=[names.get(layer, str(layer)) for layer in placed.rows],
+        showgrid=True,
+        zeroline=False,
+        range=[-0.6, len(placed.rows) - 0.4],
+    )
+
+
+def _hover(node: dict, graph: GraphLike) -> str:
+    kind = str(node["node_type"])
+    parts = [f"<b>{html.escape(KINDS[kind])}</b> · {html.escape(repr(node['token']))}"]
+    if kind in ("feature", "error"):
+        parts.append(f"{html.escape(short_label(str(node['hook_name'])))}")
+        if kind == "feature":
+            parts.append(f"feature {int(node['feature'])}")
+        if node.get("label"):
+            parts.append(html.escape(str(node["label"])[:120]))
+        parts.append(
+            f"activation {_number(node['activation'])} · attribution "
+            f"{_number(node['attribution'])} · influence {_number(node['influence'])}"
+        )
+    elif kind == "metric":
+        parts.append(html.escape(graph.trace.metric.description))
+    return "<br>".join(parts)
+
+
+def _number(value: Any) -> str:
+    value = float(value)
+    return "–" if math.isnan(value) else f"{value:+.3g}"
