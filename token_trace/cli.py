@@ -53,6 +53,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--node-threshold", type=float, default=0.8, help="graph: node pruning")
     parser.add_argument("--edge-threshold", type=float, default=0.98, help="graph: edge pruning")
+    parser.add_argument(
+        "--upload",
+        action="store_true",
+        help="upload the --graph file to Neuronpedia and print its URL (key: $NEURONPEDIA_API_KEY)",
+    )
     return parser.parse_args(argv)
 
 
@@ -74,11 +79,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.graph and (args.method != "atp" or args.loss):
         print("token-trace: --graph needs --method atp and a token metric.", file=sys.stderr)
         return 2
+    if args.upload and not args.graph:
+        print("token-trace: --upload needs --graph FILE, the file it uploads.", file=sys.stderr)
+        return 2
+    if args.upload:
+        from token_trace.neuronpedia_upload import MissingKeyError, UploadError, resolve_key
+
+        try:
+            key = resolve_key()
+        except MissingKeyError as err:
+            print(f"token-trace: {err}", file=sys.stderr)
+            return 2
 
     import pandas as pd
 
     from token_trace.graph import compute_graph
     from token_trace.loading import LoadError
+    from token_trace.neuronpedia_graph import file_slug
     from token_trace.pipeline import trace
 
     request = {
@@ -133,6 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(of {len(graph.candidate_edges)} computed), error share {graph.error_share:.0%} "
             f"-> {args.graph}"
         )
+        if args.upload:
+            try:
+                url = graph.upload_to_neuronpedia(key, slug=file_slug(args.graph))
+            except (UploadError, ValueError) as err:
+                print(f"token-trace: upload failed: {err}", file=sys.stderr)
+                return 1
+            print(f"neuronpedia: {url}")
     return 0
 
 
