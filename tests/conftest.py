@@ -9,7 +9,9 @@ import pytest
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
-from tests.helpers import Served, start_app, tiny_model, tiny_saes
+from tests.helpers import PROMPT, Served, res_jb_saes, start_app, tiny_model, tiny_saes
+from token_trace import trace
+from token_trace.graph import Graph, graph_from_trace
 
 if TYPE_CHECKING:
     from tests.fake_hub import FakeHub
@@ -23,6 +25,15 @@ def model() -> HookedTransformer:
 @pytest.fixture(scope="session")
 def saes(model: HookedTransformer) -> dict[str, SAE]:
     return tiny_saes(model)
+
+
+@pytest.fixture(scope="session")
+def ioi_graph(model: HookedTransformer) -> Graph:
+    """The tiny model's logit-difference graph, its SAEs carrying GPT-2 res-jb's Neuronpedia ids
+    (so the file names a real Neuronpedia model and source set)."""
+    saes = res_jb_saes(model)
+    result = trace(PROMPT, model, saes, answer=" Mary", contrast=" John")
+    return graph_from_trace(result, model=model, saes=saes, max_nodes=60)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import httpx
 import torch
 from gradio_client import Client
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
+from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 from sae_lens.saes.sae import SAEMetadata
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -32,6 +33,7 @@ from transformers import PreTrainedTokenizerFast
 
 from token_trace.app.page import Page
 from token_trace.app.service import Service
+from token_trace.hook_names import residual_depth
 
 WORDS = (
     "When John and Mary went to the store , gave a book drink bag cat sat on mat . "
@@ -110,6 +112,19 @@ def tiny_saes(model: HookedTransformer) -> dict[str, SAE]:
     return {
         hook: random_sae(hook, model.cfg.d_model, 64, seed) for seed, hook in enumerate(TINY_HOOKS)
     }
+
+
+def res_jb_saes(model: HookedTransformer) -> dict[str, SAE]:
+    """SAEs on the tiny model carrying GPT-2 res-jb's Neuronpedia ids from SAELens's registry
+    (taken by residual depth, never built by hand)."""
+    registry = get_pretrained_saes_directory()["gpt2-small-res-jb"].neuronpedia_id
+    by_depth = {residual_depth(hook): neuronpedia_id for hook, neuronpedia_id in registry.items()}
+    saes = {}
+    for seed, hook in enumerate(TINY_HOOKS):
+        sae = random_sae(hook, model.cfg.d_model, 64, seed)
+        sae.cfg.metadata.neuronpedia_id = by_depth[residual_depth(hook)]
+        saes[hook] = sae
+    return saes
 
 
 def downstream_contributions(sae, g, t_idx, j_idx, x_d):

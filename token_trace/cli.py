@@ -53,6 +53,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--graph", default=None, help="write the pruned graph as Neuronpedia graph JSON (AtP only)"
     )
     options.add_arguments(cli, GraphOptions)
+    cli.add_argument(
+        "--upload",
+        action="store_true",
+        help="upload the --graph file to Neuronpedia and print its URL (key: $NEURONPEDIA_API_KEY)",
+    )
     return cli.parse_args(argv)
 
 
@@ -70,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         graph_options = options.from_arguments(GraphOptions, args)
         if args.graph:
             chosen.check_graphable()
+        if args.upload and not args.graph:
+            raise ValueError("--upload needs --graph FILE, the file it uploads.")
+        key = _upload_key() if args.upload else None
     except ValueError as error:
         return refuse(PROG, error)
     prompt = PromptSpec(args.text, prompt.answer, prompt.contrast, prompt.counterfactual)
@@ -78,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from token_trace.graph import graph_of
     from token_trace.loading import LoadError
+    from token_trace.neuronpedia_graph import file_slug
+    from token_trace.neuronpedia_upload import UploadError
     from token_trace.pipeline import resolve, run_traces
 
     graph = None
@@ -110,7 +120,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(of {len(graph.candidate_edges)} computed), error share {graph.error_share:.0%} "
             f"-> {args.graph}"
         )
+        if args.upload:
+            try:
+                url = graph.upload_to_neuronpedia(key, slug=file_slug(args.graph))
+            except (UploadError, ValueError) as err:
+                print(f"token-trace: upload failed: {err}", file=sys.stderr)
+                return 1
+            print(f"neuronpedia: {url}")
     return 0
+
+
+def _upload_key() -> str:
+    """The Neuronpedia key, asked for before any work (a missing one is a ValueError)."""
+    from token_trace.neuronpedia_upload import MissingKeyError, resolve_key
+
+    try:
+        return resolve_key()
+    except MissingKeyError as error:
+        raise ValueError(str(error)) from None
 
 
 if __name__ == "__main__":

@@ -26,10 +26,8 @@ this layered graph.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,8 @@ from token_trace.attribution import AttributionRun, Batch, CapturedPass, capture
 from token_trace.files import write_text
 from token_trace.hook_names import is_residual, residual_depth
 from token_trace.hooks import hooked, model_lock
+from token_trace.metrics import target_probability
+from token_trace.neuronpedia_upload import UPLOAD_TIMEOUT
 from token_trace.nodes import COLUMNS
 from token_trace.options import (
     DEFAULT_EDGE_THRESHOLD,
@@ -129,17 +129,61 @@ class Graph:
             edge_threshold=edge_threshold,
         )
 
-    def to_neuronpedia(self, slug: str | None = None) -> dict[str, Any]:
-        """Neuronpedia's attribution-graph JSON (`metadata`, `qParams`, `nodes`, `links`)."""
+    def to_neuronpedia(
+        self,
+        slug: str | None = None,
+        *,
+        pinned: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Neuronpedia's attribution-graph JSON (`metadata`, `qParams`, `nodes`, `links`), with
+        the kept `pinned` node ids pinned and `labels` (node id -> text) as feature labels; see
+        `token_trace.neuronpedia_graph`. Holds no NaN: `json.dumps(..., allow_nan=False)` takes it.
+        """
         from token_trace.neuronpedia_graph import graph_json
 
-        return graph_json(self, slug)
+        return graph_json(self, slug, pinned=pinned, labels=labels)
 
-    def save_neuronpedia(self, path: str | os.PathLike[str], slug: str | None = None) -> Path:
-        """Write `to_neuronpedia()` as JSON, through a temporary name (never half a file)."""
-        path = Path(path)
-        slug = slug or re.sub(r"[^a-z0-9-]+", "-", path.stem.lower()).strip("-") or None
-        return write_text(path, json.dumps(self.to_neuronpedia(slug), ensure_ascii=False))
+    def save_neuronpedia(
+        self,
+        path: str | os.PathLike[str],
+        slug: str | None = None,
+        *,
+        pinned: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+    ) -> Path:
+        """Write `to_neuronpedia()` as strict JSON (the viewer's `JSON.parse` reads it), through a
+        temporary name (never half a file). The slug defaults to the file's name."""
+        from token_trace.neuronpedia_graph import dumps, file_slug
+
+        document = self.to_neuronpedia(slug or file_slug(path), pinned=pinned, labels=labels)
+        return write_text(path, dumps(document))
+
+    def upload_to_neuronpedia(
+        self,
+        api_key: str | None = None,
+        *,
+        slug: str | None = None,
+        pinned: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        base_url: str | None = None,
+        timeout: float = UPLOAD_TIMEOUT,
+    ) -> str:
+        """Upload `to_neuronpedia()` to Neuronpedia and return the graph's page there.
+
+        The key comes from `api_key` or `NEURONPEDIA_API_KEY`, the site from `base_url` or
+        `TOKEN_TRACE_NEURONPEDIA_URL` (default https://www.neuronpedia.org). Without a `slug`
+        the graph is named by its content (`token-trace-<hash>`), so two graphs never take each
+        other's name. Raises `token_trace.neuronpedia_upload.UploadError` when Neuronpedia
+        refuses or cannot be reached; see that module.
+        """
+        from token_trace.neuronpedia_graph import content_slug, dumps
+        from token_trace.neuronpedia_upload import upload_graph
+
+        document = self.to_neuronpedia(slug, pinned=pinned, labels=labels)
+        if slug is None:
+            document["metadata"]["slug"] = content_slug(document)
+        return upload_graph(dumps(document), api_key, base_url=base_url, timeout=timeout)
 
 
 def compute_graph(
@@ -218,7 +262,17 @@ def _graph(
     saes: Mapping[str, SAE],
     options: GraphOptions,
 ) -> Graph:
-    """Candidates, their edges layer by layer and to the metric, influence, then pruning."""
+    """Candidates, their edges layer by layer and to the metric, influence, then pruning.
+
+    A trace saved before `MetricRecord.target_probability` was recorded gets it from the passes
+    (the graph's `trace` then holds it; everything else is the trace given).
+    """
+    if result.metric.target_probability is None:
+        metric = result.metric
+        probability = target_probability(
+            metric.name, metric.token_ids, metric.value, passes.clean.last_logits[0]
+        )
+        result = replace(result, metric=replace(metric, target_probability=probability))
     candidates = _candidate_nodes(result, options.max_nodes)
     last_hook = _ordered_hooks(result)[-1].hook_name
     edges = [

@@ -10,6 +10,7 @@ integrated gradients can evaluate all interpolation steps in one pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -82,6 +83,23 @@ def custom(fn: MetricFn) -> Metric:
     """A user's callable over the full logits `[batch, pos, d_vocab]`."""
     name = getattr(fn, "__name__", "custom")
     return Metric("custom", f"custom metric {name}", None, fn)
+
+
+def target_probability(
+    name: str, token_ids: Sequence[int], value: float, last_logits: torch.Tensor
+) -> float | None:
+    """The model's probability of what a token metric scores, from the run's own numbers.
+
+    `logprob`: exp(metric), the probability of all its target tokens together (one token: the
+    softmax at the last position). `logit_diff`: the softmax of the answer at the last position
+    (`last_logits`, the metric's own position). None for the loss and custom metrics, which score
+    no one token.
+    """
+    if name == "logprob":
+        return math.exp(value)
+    if name == "logit_diff":
+        return float(last_logits.float().softmax(-1)[token_ids[0]])
+    return None
 
 
 def rebuild(

@@ -20,6 +20,7 @@ from token_trace import loading
 from token_trace.attribution import Attribution, AttributionRun, Batch, attribute
 from token_trace.hook_names import residual_depth
 from token_trace.hooks import model_lock
+from token_trace.metrics import target_probability
 from token_trace.nodes import node_frame
 from token_trace.options import (
     DEFAULT_IG_STEPS,
@@ -282,6 +283,9 @@ def _trace_record(
             baseline_value=result.baseline_metric_value,
             positions=prompt.metric.positions,
             token_ids=prompt.metric.token_ids,
+            target_probability=target_probability(
+                prompt.metric.name, prompt.metric.token_ids, result.metric_value, result.last_logits
+            ),
         ),
         saes=loaded.records,
         model=loaded.name,

@@ -93,6 +93,9 @@ class MetricRecord:
     """The positions whose logits it reads (None: all)."""
     token_ids: tuple[int, ...]
     """The vocabulary ids it reads: `logprob` targets, or answer and contrast of `logit_diff`."""
+    target_probability: float | None = None
+    """The model's probability of the target (`token_trace.metrics.target_probability`); None for
+    loss and custom metrics, and in traces saved before it was recorded."""
 
 
 @dataclass(frozen=True)

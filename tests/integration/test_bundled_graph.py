@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.fake_neuronpedia import KEY, fake_neuronpedia
 from tests.helpers import downstream_contributions
 from token_trace import compute_graph, loading
 from token_trace.cli import main
@@ -128,3 +129,25 @@ def test_cli_writes_a_neuronpedia_graph(tmp_path, capsys):
     exported = json.loads(out.read_text())
     assert exported["metadata"]["slug"] == "ioi" and exported["links"]
     assert main([*args[:-2], "--method", "ig", "--graph", str(out)]) == 2
+
+
+def test_cli_uploads_the_graph_it_wrote(tmp_path, capsys, monkeypatch):
+    example = EXAMPLES[0]
+    out = tmp_path / "ioi-upload.json"
+    args = [example.prompt, "--model", "ioi-demo", "--answer", example.answer, "--device", "cpu"]
+    args += ["--contrast", " " + example.s_name, "--graph", str(out), "--upload"]
+    monkeypatch.setenv("NEURONPEDIA_API_KEY", KEY)
+    with fake_neuronpedia(hosted=frozenset({"ioi-demo"})) as site:  # a self-hosted Neuronpedia
+        monkeypatch.setenv("TOKEN_TRACE_NEURONPEDIA_URL", site.site)
+        assert main(args) == 0
+        (key,) = site.files
+        assert site.stored_graph(key) == json.loads(out.read_text())
+    assert f"neuronpedia: {site.site}/ioi-demo/graph?slug=ioi-upload" in capsys.readouterr().out
+    with fake_neuronpedia() as public:  # the public site hosts no ioi-demo
+        monkeypatch.setenv("TOKEN_TRACE_NEURONPEDIA_URL", public.site)
+        assert main(args) == 1
+    printed = capsys.readouterr()
+    assert (
+        "no model with the graph's scan id 'ioi-demo'" in printed.err
+        and KEY not in printed.err + printed.out
+    )

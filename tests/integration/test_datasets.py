@@ -3,6 +3,8 @@ bad records are recorded and passed, the aggregates equal a pandas computation, 
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from token_trace import (
     run_dataset,
     trace,
 )
+from token_trace.app import theme
 from token_trace.datasets import worker as worker_module
 from token_trace.datasets.engines import LocalEngine
 from token_trace.datasets.layout import RunDir, RunFolderError
@@ -152,6 +155,19 @@ def test_the_aggregate_can_leave_bos_out(finished, prompt_file, tmp_path):
         len(bos_nodes)
         and without["n_prompts_active"].sum() < finished.features()["n_prompts_active"].sum()
     )
+
+
+def test_the_report_colours_signs_as_the_app_does(finished):
+    """Red raises the metric and blue lowers it, in the report as on the app's page."""
+    html = finished.run_dir.report.read_text()
+    figures = re.findall(r'Plotly\.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*\{', html, re.S)
+    (bars,) = json.loads(figures[0])
+    features = finished.features()
+    top = features[features["node_type"] == "feature"].head(len(bars["marker"]["color"]))
+    signs = top["mean_attribution"].to_numpy()[::-1]
+    expected = [theme.POSITIVE if value >= 0 else theme.NEGATIVE for value in signs]
+    assert bars["marker"]["color"] == expected
+    assert theme.POSITIVE in expected and theme.NEGATIVE in expected
 
 
 def test_a_stopped_run_resumes_where_it_stopped(finished, prompt_file, tmp_path):

@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-from tests.helpers import PROMPT, TINY_HOOKS, downstream_contributions, random_sae
+from tests.helpers import PROMPT, downstream_contributions, res_jb_saes
 from token_trace import graph as graph_module
 from token_trace import trace
 from token_trace.graph import compute_graph, graph_from_trace, node_ids
@@ -282,19 +281,6 @@ def uncantor(value: int) -> tuple[int, int]:
     w = int((np.sqrt(8 * value + 1) - 1) // 2)
     index = value - w * (w + 1) // 2
     return w - index, index
-
-
-def res_jb_saes(model):
-    """SAEs on the tiny model carrying GPT-2 res-jb's Neuronpedia ids from SAELens's registry
-    (taken by residual depth, never built by hand)."""
-    registry = get_pretrained_saes_directory()["gpt2-small-res-jb"].neuronpedia_id
-    by_depth = {residual_depth(hook): neuronpedia_id for hook, neuronpedia_id in registry.items()}
-    saes = {}
-    for seed, hook in enumerate(TINY_HOOKS):
-        sae = random_sae(hook, model.cfg.d_model, 64, seed)
-        sae.cfg.metadata.neuronpedia_id = by_depth[residual_depth(hook)]
-        saes[hook] = sae
-    return saes
 
 
 def test_neuronpedia_export_validates_and_points_at_dashboards(model, tmp_path):

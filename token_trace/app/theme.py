@@ -1,25 +1,25 @@
 """The page's one look: the colour meaning shared by tokens, table and charts, and its CSS.
 
 Red means a node raises the metric (supports the prediction), blue that it lowers it, everywhere
-on the page: token backgrounds, heatmap, bars and graph marks read their colours from here.
+on the page: token backgrounds, heatmap, bars and graph marks read their colours from here (the
+colours themselves live in `token_trace.colors`, which the library's dataset report shares).
 """
 
 from __future__ import annotations
 
-POSITIVE_RGB = (202, 62, 54)  # the red end of plotly's RdBu
-NEGATIVE_RGB = (39, 110, 176)  # its blue end
-POSITIVE = "#ca3e36"
-NEGATIVE = "#276eb0"
-NEUTRAL = "#8c8c8c"  # what has no sign of its own
-TOTAL = "#222222"
-#: Plotly's diverging scale with red for positive, blue for negative.
-DIVERGING = "RdBu_r"
+from token_trace.colors import (  # noqa: F401  (the page reads them from here)
+    DIVERGING,
+    NEGATIVE,
+    NEGATIVE_RGB,
+    NEUTRAL,
+    POSITIVE,
+    POSITIVE_RGB,
+    TOTAL,
+    signed_colour,
+)
+
 FONT = "Inter, ui-sans-serif, system-ui, sans-serif"
 MONO = "ui-monospace, SFMono-Regular, Menlo, monospace"
-
-
-def signed_colour(value: float) -> str:
-    return POSITIVE if value >= 0 else NEGATIVE
 
 
 def signed_background(value: float, strength: float) -> str:

@@ -3,7 +3,8 @@
 One self-contained page (plotly's script is embedded, so it opens offline): the run's settings and
 counts, the features of largest mean |attribution| (signed bars, with links to Neuronpedia where
 the SAEs have pages), the share of each layer's attribution left in SAE errors, the distribution
-of the metric, and the records that failed with their reasons.
+of the metric, and the records that failed with their reasons. Signed bars take the app's colour
+meaning (`token_trace.colors`: red raises the metric, blue lowers it); unsigned ones are grey.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import html
 
 import pandas as pd
 
+from token_trace.colors import NEUTRAL, TOTAL, signed_colour
 from token_trace.datasets.result import DatasetResult
 from token_trace.files import write_text
 from token_trace.options import METHODS
 
 TOP_FEATURES = 30
 SHOWN_ERRORS = 50
-POSITIVE, NEGATIVE, ERROR = "#2563eb", "#dc2626", "#9ca3af"
 
 
 def write_report(result: DatasetResult) -> None:
@@ -34,7 +35,7 @@ def write_report(result: DatasetResult) -> None:
             x=top["mean_attribution"][::-1],
             y=labels[::-1],
             orientation="h",
-            marker_color=[POSITIVE if v >= 0 else NEGATIVE for v in top["mean_attribution"][::-1]],
+            marker_color=[signed_colour(v) for v in top["mean_attribution"][::-1]],
             customdata=top[["frac_prompts_active", "share_of_total"]].to_numpy()[::-1],
             hovertemplate="%{y}<br>mean attribution %{x:.4f}<br>active in %{customdata[0]:.0%} "
             "of prompts<br>%{customdata[1]:.2%} of all |attribution|<extra></extra>",
@@ -57,7 +58,7 @@ def write_report(result: DatasetResult) -> None:
                 x=by_layer.index,
                 y=by_layer.get(kind, pd.Series(0.0, index=by_layer.index)),
                 name=kind,
-                marker_color=POSITIVE if kind == "feature" else ERROR,
+                marker_color=TOTAL if kind == "feature" else NEUTRAL,
             )
             for kind in ("feature", "error")
         ]
@@ -69,7 +70,7 @@ def write_report(result: DatasetResult) -> None:
         height=340,
     )
     ok = prompts[prompts["status"] == "ok"]
-    metric = go.Figure(go.Histogram(x=ok["metric_value"], marker_color=POSITIVE))
+    metric = go.Figure(go.Histogram(x=ok["metric_value"], marker_color=TOTAL))
     metric.update_layout(title="Metric value per prompt", xaxis_title="metric", height=300)
     figures = [
         pio.to_html(figure, include_plotlyjs=index == 0, full_html=False)
