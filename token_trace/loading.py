@@ -29,6 +29,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.loading_from_pretrained import get_official_model_name
 
 from token_trace import demo
+from token_trace.network import finishes_within
 
 DEFAULT_MODEL = "gpt2-small"
 HUB_URL = "https://huggingface.co"
@@ -100,10 +101,7 @@ class SAESpec:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers within `timeout` seconds (False when HF_HUB_OFFLINE).
-
-    The request runs in a daemon thread because a DNS lookup does not honour urllib's timeout.
-    """
+    """Whether the Hugging Face hub answers within `timeout` seconds (False when HF_HUB_OFFLINE)."""
     import huggingface_hub.constants
 
     if huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get(
@@ -111,21 +109,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     ).strip().lower() in ("1", "true", "yes", "on"):
         return False
     url = os.environ.get("HF_ENDPOINT", HUB_URL)
-    answered, finished = threading.Event(), threading.Event()
 
-    def probe() -> None:
-        try:
-            request = urllib.request.Request(url, method="HEAD")
-            with urllib.request.urlopen(request, timeout=timeout):
-                answered.set()
-        except OSError:
+    def head() -> None:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
             pass
-        finally:
-            finished.set()
 
-    threading.Thread(target=probe, daemon=True).start()
-    finished.wait(timeout)  # a refused or unresolvable host answers at once
-    return answered.is_set()
+    return finishes_within(timeout, head)
 
 
 def go_offline() -> None:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from token_trace.nodes import LABEL_COLUMN
+
 if TYPE_CHECKING:
     from token_trace.graph import Graph
     from token_trace.records import Trace
@@ -70,6 +72,15 @@ def _metric_label(result: Trace) -> str:
     return f"{result.metric.description} = {result.metric.value:.4g}"
 
 
+def _labels(nodes: pd.DataFrame, is_feature: np.ndarray) -> np.ndarray:
+    """The features' labels (`Graph.with_labels`) as their `clerp`, the text the viewer shows."""
+    if LABEL_COLUMN not in nodes.columns:
+        return np.full(len(nodes), "", dtype=object)
+    return np.where(is_feature, nodes[LABEL_COLUMN].fillna("").to_numpy(dtype=object), "").astype(
+        object
+    )
+
+
 def _target_probability(result: Trace) -> float:
     """The model's probability of the metric's target token (0 when it is not among the top)."""
     by_token = {p.token: p.probability for p in result.top_predictions}
@@ -115,7 +126,7 @@ def graph_json(graph: Graph, slug: str | None = None) -> dict[str, Any]:
             "ctx_idx": position.astype(int),
             "feature_type": pd.Series(kind).map(FEATURE_TYPES).to_numpy(dtype=object),
             "jsNodeId": js_ids.astype(object),
-            "clerp": np.where(kind == "metric", _metric_label(result), "").astype(object),
+            "clerp": np.where(kind == "metric", _metric_label(result), _labels(nodes, is_feature)),
             "influence": cumulative.astype(float),
             "activation": nodes["activation"].where(pd.Series(is_sae), None).astype(object),
             "is_target_logit": kind == "metric",
