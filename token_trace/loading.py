@@ -188,6 +188,15 @@ def feature_card(release: str | None, hook_name: str, feature: int) -> dict[str,
     return None if bundle is None else bundle.feature_card(hook_name, feature)
 
 
+def neuronpedia_id(release: str, sae_id: str) -> str | None:
+    """Neuronpedia's id of one SAE of a release (`gpt2-small/6-res-jb`), as SAELens's registry
+    lists it and `SAE.from_pretrained` copies it into the SAE's metadata; None for bundled
+    releases and SAEs Neuronpedia does not host."""
+    if release in BUNDLED:
+        return None
+    return (release_info(release).neuronpedia_id or {}).get(sae_id)
+
+
 def release_sae_ids(release: str) -> list[str]:
     """The SAE ids a release holds, in the registry's (layer) order."""
     return list(find_release(release).sae_ids)

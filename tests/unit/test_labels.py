@@ -18,7 +18,7 @@ import pytest
 
 from tests.fake_neuronpedia import FakeNeuronpedia
 from tests.helpers import PROMPT
-from token_trace import Trace, trace
+from token_trace import Trace, loading, trace
 from token_trace.demo import WEIGHTS_DIR
 from token_trace.explanations import NO_EXPLANATION_DAYS, Neuronpedia, explanations, status
 from token_trace.graph import graph_from_trace
@@ -287,6 +287,13 @@ def test_graph_labels_reach_the_neuronpedia_export(model, saes, tmp_path):
         result.with_labels(neuronpedia=source), model=model, saes=saes, max_nodes=30
     )
     assert from_labelled.nodes["label"].tolist() == labelled.nodes["label"].tolist()
+
+
+def test_neuronpedia_ids_come_from_the_registry():
+    assert loading.neuronpedia_id("gpt2-small-res-jb", "blocks.11.hook_resid_post") == (
+        "gpt2-small/12-res-jb"
+    )
+    assert loading.neuronpedia_id("ioi-demo", "blocks.0.hook_resid_pre") is None
 
 
 def test_labels_for_needs_the_node_columns():

@@ -53,6 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--memory-per-worker", type=float, default=None, help="ray: GiB Ray reserves per actor"
     )
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    parser.add_argument(
+        "--online-labels", action="store_true", help="fetch feature labels from Neuronpedia"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -75,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             memory_per_worker=args.memory_per_worker,
             progress=not args.quiet,
             report=not args.no_report,
+            online_labels=args.online_labels,
             model=args.model,
             saes=args.saes,
             loader=args.loader,
