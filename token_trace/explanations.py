@@ -235,6 +235,8 @@ def _reachable(source: Neuronpedia) -> bool:
 
 def _fetch(source: Neuronpedia, keys: list[Key]) -> tuple[dict[Key, str], str | None]:
     """Ask for `keys` concurrently; the answers received and the first problem met."""
+    if not keys:
+        return {}, None
     reason = _blocked(source.base_url)
     if reason is not None:
         return {}, reason

@@ -211,6 +211,13 @@ def test_a_stale_no_explanation_is_asked_again_but_an_explanation_is_kept(tmp_pa
     assert server.requests == [(NID, 1)]
 
 
+def test_max_fetch_zero_asks_nothing(tmp_path):
+    with FakeNeuronpedia({(NID, 1): ["x"]}) as server:
+        source = settings(server, tmp_path, max_fetch=0)
+        found = explanations([(NID, 1)], online=True, neuronpedia=source)
+    assert found.labels == {} and found.problem == "not asked (max_fetch)" and not server.requests
+
+
 def test_settings_refuse_nonsense():
     with pytest.raises(ValueError, match="http"):
         Neuronpedia(base_url="neuronpedia.org")
