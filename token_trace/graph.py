@@ -30,7 +30,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ from token_trace.hook_names import is_residual, residual_depth
 from token_trace.hooks import hooked, model_lock
 from token_trace.metrics import target_probability
 from token_trace.neuronpedia_upload import UPLOAD_TIMEOUT
-from token_trace.nodes import COLUMNS
+from token_trace.nodes import COLUMNS, LABEL_COLUMN
 from token_trace.options import (
     DEFAULT_EDGE_THRESHOLD,
     DEFAULT_MAX_NODES,
@@ -64,11 +64,14 @@ from token_trace.prompts import TextOrTokens
 from token_trace.records import Trace
 from token_trace.replay import model_and_saes, replay
 
+if TYPE_CHECKING:
+    from token_trace.explanations import Neuronpedia
+
 #: SAE architectures whose features are linear in the input where they fire (SAELens names).
 LINEAR_WHERE_ACTIVE = frozenset({"standard", "topk", "jumprelu", "batchtopk"})
 #: Seeds (downstream nodes) per batched backward: bounds memory at `SEED_BATCH x T x d_model`.
 SEED_BATCH = 64
-GRAPH_COLUMNS = ["node_id", *COLUMNS, "influence"]
+GRAPH_COLUMNS = ["node_id", *COLUMNS, LABEL_COLUMN, "influence"]
 EDGE_COLUMNS = [
     "source",
     "target",
@@ -127,6 +130,23 @@ class Graph:
             edges=edges,
             node_threshold=node_threshold,
             edge_threshold=edge_threshold,
+        )
+
+    def with_labels(self, *, online: bool = False, neuronpedia: Neuronpedia | None = None) -> Graph:
+        """This graph with a `label` column on its nodes and candidate nodes (see
+        `token_trace.labels_for`; "" for tokens, errors, the metric and unknown features). The
+        Neuronpedia export then writes the labels as the features' `clerp`."""
+        from token_trace.labels import labels_for
+
+        labels = labels_for(
+            self.candidate_nodes, self.trace.saes, online=online, neuronpedia=neuronpedia
+        )
+        by_id = pd.Series(labels.to_numpy(), index=self.candidate_nodes["node_id"])
+        kept = self.nodes["node_id"].map(by_id).fillna("").astype("str")
+        return replace(
+            self,
+            nodes=_in_order(self.nodes.assign(**{LABEL_COLUMN: kept})),
+            candidate_nodes=_in_order(self.candidate_nodes.assign(**{LABEL_COLUMN: labels})),
         )
 
     def to_neuronpedia(
@@ -467,7 +487,14 @@ def _candidate_nodes(result: Trace, max_nodes: int | None) -> pd.DataFrame:
         ignore_index=True,
     )
     out["node_type"] = pd.Categorical(out["node_type"], categories=NODE_TYPES)
-    return out[[c for c in GRAPH_COLUMNS if c in out.columns]]
+    if LABEL_COLUMN in out.columns:  # a labelled trace: tokens and the metric have no label
+        out[LABEL_COLUMN] = out[LABEL_COLUMN].fillna("").astype("str")
+    return _in_order(out)
+
+
+def _in_order(nodes: pd.DataFrame) -> pd.DataFrame:
+    """The graph node columns in `GRAPH_COLUMNS` order (those the frame has)."""
+    return nodes[[c for c in GRAPH_COLUMNS if c in nodes.columns]]
 
 
 def _embedding_directions(clean, base) -> torch.Tensor:

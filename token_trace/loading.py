@@ -29,6 +29,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.loading_from_pretrained import get_official_model_name
 
 from token_trace import demo
+from token_trace.network import finishes_within
 from token_trace.options import BUNDLED_MODEL, DEFAULT_MODEL, SAE_DTYPES, one_of
 
 HUB_URL = "https://huggingface.co"
@@ -97,10 +98,7 @@ class SAESpec:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers within `timeout` seconds (False when HF_HUB_OFFLINE).
-
-    The request runs in a daemon thread because a DNS lookup does not honour urllib's timeout.
-    """
+    """Whether the Hugging Face hub answers within `timeout` seconds (False when HF_HUB_OFFLINE)."""
     import huggingface_hub.constants
 
     if huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get(
@@ -108,21 +106,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     ).strip().lower() in ("1", "true", "yes", "on"):
         return False
     url = os.environ.get("HF_ENDPOINT", HUB_URL)
-    answered, finished = threading.Event(), threading.Event()
 
-    def probe() -> None:
-        try:
-            request = urllib.request.Request(url, method="HEAD")
-            with urllib.request.urlopen(request, timeout=timeout):
-                answered.set()
-        except OSError:
+    def head() -> None:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
             pass
-        finally:
-            finished.set()
 
-    threading.Thread(target=probe, daemon=True).start()
-    finished.wait(timeout)  # a refused or unresolvable host answers at once
-    return answered.is_set()
+    return finishes_within(timeout, head)
 
 
 def go_offline() -> None:
@@ -194,6 +183,15 @@ def feature_card(release: str | None, hook_name: str, feature: int) -> dict[str,
     """
     bundle = BUNDLED.get(release) if release else None
     return None if bundle is None else bundle.feature_card(hook_name, feature)
+
+
+def neuronpedia_id(release: str, sae_id: str) -> str | None:
+    """Neuronpedia's id of one SAE of a release (`gpt2-small/6-res-jb`), as SAELens's registry
+    lists it and `SAE.from_pretrained` copies it into the SAE's metadata; None for bundled
+    releases and SAEs Neuronpedia does not host."""
+    if release in BUNDLED:
+        return None
+    return (release_info(release).neuronpedia_id or {}).get(sae_id)
 
 
 def release_sae_ids(release: str) -> list[str]:

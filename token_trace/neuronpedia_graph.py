@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from token_trace.nodes import LABEL_COLUMN
 from token_trace.records import Trace
 
 
@@ -177,10 +178,13 @@ def graph_json(
     """The graph (its kept nodes and edges) in Neuronpedia's attribution-graph format.
 
     `pinned`: node ids to pin in the viewer's subgraph (`qParams.pinnedIds`); those the pruning
-    dropped are left out. `labels`: node id -> label, shown as the feature nodes' `clerp`.
+    dropped are left out. `labels`: node id -> label, shown as the feature nodes' `clerp` (by
+    default the nodes' own `label` column, where `Graph.with_labels` wrote one).
     """
     result = graph.trace
     nodes = graph.nodes
+    if labels is None and LABEL_COLUMN in nodes.columns:
+        labels = dict(zip(nodes["node_id"], nodes[LABEL_COLUMN].fillna("")))
     labels = labels or {}
     scan, source = source_set(graph)
     kind = nodes["node_type"].astype(str).to_numpy()

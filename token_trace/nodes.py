@@ -56,6 +56,10 @@ COLUMNS = [
 #: The numeric columns a table is built from; every other column follows from them.
 VALUE_COLUMNS = ("activation", "baseline_activation", "gradient", "attribution")
 
+#: The optional column of readable feature labels (`token_trace.labels`; "" where none), after
+#: `COLUMNS` when present.
+LABEL_COLUMN = "label"
+
 
 def _categorical(names: Sequence[str], codes: np.ndarray) -> pd.Categorical | np.ndarray:
     if len(set(names)) == len(names):

@@ -359,7 +359,8 @@ def _answer_warnings(
     if one_position is None or len(prompt.metric.token_ids) != one_position:
         return []
     given = [("answer", spec.answer), ("contrast", spec.contrast)]
-    notes = space_warnings(model, given, result.last_logits)
+    with model_lock(model):  # tokenising changes the model's defaults for a moment
+        notes = space_warnings(model, given, result.last_logits)
     for note in notes:
         warnings.warn(note, AnswerTokenWarning, stacklevel=4)
     return notes

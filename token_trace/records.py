@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -27,12 +27,16 @@ from token_trace.files import write_parquet
 from token_trace.neuronpedia import feature_url
 from token_trace.nodes import (
     COLUMNS,
+    LABEL_COLUMN,
     VALUE_COLUMNS,
     layer_totals,
     node_table,
     position_totals,
     top_nodes,
 )
+
+if TYPE_CHECKING:
+    from token_trace.explanations import Neuronpedia
 
 #: Bumped when the saved layout changes incompatibly; `load` refuses files it cannot read.
 FORMAT_VERSION = 1
@@ -114,7 +118,8 @@ class Trace:
     """
 
     nodes: pd.DataFrame
-    """One row per node, columns `token_trace.nodes.COLUMNS` (see the README's table)."""
+    """One row per node, columns `token_trace.nodes.COLUMNS` (see the README's table), plus
+    `label` after `with_labels`."""
     prompt: PromptRecord
     metric: MetricRecord
     saes: tuple[SAERecord, ...]
@@ -168,6 +173,15 @@ class Trace:
         """`token_trace.position_totals` of this trace."""
         return position_totals(self)
 
+    def with_labels(self, *, online: bool = False, neuronpedia: Neuronpedia | None = None) -> Trace:
+        """This trace with a `label` column: each feature's readable label ("" where none), from
+        the bundled feature cards and Neuronpedia's cached explanations; with `online`, the
+        uncached explanations of the largest nodes are fetched (`token_trace.labels_for`)."""
+        from token_trace.labels import labels_for
+
+        labels = labels_for(self.nodes, self.saes, online=online, neuronpedia=neuronpedia)
+        return replace(self, nodes=self.nodes.assign(**{LABEL_COLUMN: labels}))
+
     # ------------------------------------------------------------------ pandas
 
     def to_frame(self) -> pd.DataFrame:
@@ -207,8 +221,10 @@ class Trace:
         return {"format_version": FORMAT_VERSION, **out}
 
     def to_json(self) -> str:
-        """The whole trace as JSON; the nodes as `{column: [values]}` in `COLUMNS` order."""
-        nodes = {name: self.nodes[name].astype(object).tolist() for name in COLUMNS}
+        """The whole trace as JSON; the nodes as `{column: [values]}` in `COLUMNS` order (and
+        `label` when the table has it)."""
+        names = [*COLUMNS, *([LABEL_COLUMN] if LABEL_COLUMN in self.nodes else [])]
+        nodes = {name: self.nodes[name].astype(object).tolist() for name in names}
         nodes = {name: [_none_if_missing(v) for v in values] for name, values in nodes.items()}
         return json.dumps({**self.metadata(), "nodes": nodes}, ensure_ascii=False)
 
@@ -237,7 +253,9 @@ class Trace:
         columns = {
             name: table.column(name).to_numpy() for name in ("position", "feature", *VALUE_COLUMNS)
         }
-        columns["hook_name"] = table.column("hook_name").to_pylist()
+        for name in ("hook_name", LABEL_COLUMN):
+            if name in table.column_names:
+                columns[name] = table.column(name).to_pylist()
         return _from_parts(json.loads(raw), columns)
 
     def __eq__(self, other: object) -> bool:
@@ -295,6 +313,8 @@ def _from_parts(meta: Mapping[str, Any], columns: Mapping[str, Sequence[Any]]) -
         saes,
         prompt["tokens"],
     )
+    if LABEL_COLUMN in columns:
+        nodes[LABEL_COLUMN] = pd.Series(columns[LABEL_COLUMN], index=nodes.index, dtype="str")
     return Trace(
         nodes=nodes,
         prompt=PromptRecord(**prompt),

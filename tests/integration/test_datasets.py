@@ -3,6 +3,7 @@ bad records are recorded and passed, the aggregates equal a pandas computation, 
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -142,6 +143,23 @@ def test_the_feature_aggregate_equals_a_pandas_computation(finished):
         np.testing.assert_allclose(got.loc[key, "top_attributions"], column[best], rtol=1e-5)
     error_layers = nodes.loc[nodes["node_type"] == "error", "hook_name"].nunique()
     assert (got.reset_index()["feature"] == -1).sum() == error_layers
+
+
+def test_features_carry_the_labels_a_single_trace_shows_into_the_report(finished):
+    features = finished.features()
+    record = next(r for r in mixed_records() if r.get("id", "").startswith("ioi"))
+    labelled = trace(**request_of(record)).with_labels().nodes
+    by_feature = labelled.assign(hook_name=labelled["hook_name"].astype(str)).drop_duplicates(
+        ["hook_name", "feature"]
+    )
+    both = features.merge(by_feature, on=["hook_name", "feature"], suffixes=("", "_trace"))
+    assert len(both) > 10 and (both["label"] == both["label_trace"]).all()
+    is_error = features["node_type"] == "error"
+    assert (features.loc[is_error, "label"] == "").all()
+    assert (features.loc[~is_error, "label"] != "").all()
+    report = finished.run_dir.report.read_text()
+    top = features[~is_error].iloc[0]
+    assert html.escape(top["label"]) in report
 
 
 def test_the_aggregate_can_leave_bos_out(finished, prompt_file, tmp_path):

@@ -62,6 +62,21 @@ def test_json_and_parquet_round_trip_exactly(model, saes, tmp_path, kwargs):
     assert not list(tmp_path.glob(".*partial"))  # written through a temporary name
 
 
+def test_labels_round_trip_and_unlabelled_traces_stay_unlabelled(model, saes, tmp_path):
+    result = trace(PROMPT, model, saes, answer=" Mary")
+    texts = ["", 'names → "Mary"', "line\nbreak", "ünïcode 名前"]
+    labels = pd.Series([texts[i % 4] for i in range(len(result.nodes))], dtype="str")
+    labelled = Trace(**{**vars(result), "nodes": result.nodes.assign(label=labels)})
+    assert labelled != result
+    for copy in (
+        Trace.from_json(labelled.to_json()),
+        Trace.load(labelled.save(tmp_path / "labelled.parquet")),
+    ):
+        assert copy == labelled and copy.nodes["label"].tolist() == labels.tolist()
+    assert "label" not in Trace.load(result.save(tmp_path / "plain.parquet")).nodes
+    assert "label" not in Trace.from_json(result.to_json()).nodes
+
+
 def test_a_changed_trace_is_not_equal(model, saes):
     result = trace(PROMPT, model, saes)
     nodes = result.nodes.copy()

@@ -17,7 +17,9 @@ error layer, `node_type` "error", `feature` -1), sorted by `mean_abs_attribution
   as Marks et al. average over a dataset); `mean_attribution_when_active`: over the prompts where
   it fired; `mean_abs_attribution`: mean of |per-prompt total|;
 - `share_of_total`: its share of the summed |per-prompt totals| of all features and errors;
-- `top_prompt_ids`, `top_attributions`: the prompts where |its total| is largest.
+- `top_prompt_ids`, `top_attributions`: the prompts where |its total| is largest;
+- `label`: the feature's readable label (`token_trace.labels`; "" where none), added by
+  `run_dataset` after combining.
 
 With graphs, the aggregate graph keys nodes without their position (`{layer}_{feature}`, errors
 `{layer}_-1`, token embeddings `E_{token id}`, and one `metric` node) and sums each prompt's edges

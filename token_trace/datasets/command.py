@@ -43,6 +43,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--memory-per-worker", type=float, default=None, help="ray: GiB Ray reserves per actor"
     )
     cli.add_argument("--no-report", action="store_true", help="skip report.html")
+    cli.add_argument(
+        "--online-labels", action="store_true", help="fetch feature labels from Neuronpedia"
+    )
     cli.add_argument("--quiet", action="store_true", help="no progress bar")
     return cli.parse_args(argv)
 
@@ -79,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             memory_per_worker=args.memory_per_worker,
             progress=not args.quiet,
             report=not args.no_report,
+            online_labels=args.online_labels,
         )
     except (ValueError, LoadError, ImportError) as error:
         return refuse(PROG, error)

@@ -1,10 +1,11 @@
 """`report.html`: the top features across a dataset run, readable without Python.
 
 One self-contained page (plotly's script is embedded, so it opens offline): the run's settings and
-counts, the features of largest mean |attribution| (signed bars, with links to Neuronpedia where
-the SAEs have pages), the share of each layer's attribution left in SAE errors, the distribution
-of the metric, and the records that failed with their reasons. Signed bars take the app's colour
-meaning (`token_trace.colors`: red raises the metric, blue lowers it); unsigned ones are grey.
+counts, the features of largest mean |attribution| (signed bars, with their labels and links to
+Neuronpedia where the SAEs have pages), the share of each layer's attribution left in SAE errors,
+the distribution of the metric, and the records that failed with their reasons. Signed bars take
+the app's colour meaning (`token_trace.colors`: red raises the metric, blue lowers it); unsigned
+ones are grey.
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ def write_report(result: DatasetResult) -> None:
             y=labels[::-1],
             orientation="h",
             marker_color=[signed_colour(v) for v in top["mean_attribution"][::-1]],
-            customdata=top[["frac_prompts_active", "share_of_total"]].to_numpy()[::-1],
-            hovertemplate="%{y}<br>mean attribution %{x:.4f}<br>active in %{customdata[0]:.0%} "
-            "of prompts<br>%{customdata[1]:.2%} of all |attribution|<extra></extra>",
+            customdata=top[["frac_prompts_active", "share_of_total"]]
+            .assign(label=top["label"].map(html.escape))
+            .to_numpy(dtype=object)[::-1],
+            hovertemplate="%{y} %{customdata[2]}<br>mean attribution %{x:.4f}<br>active in "
+            "%{customdata[0]:.0%} of prompts<br>%{customdata[1]:.2%} of all |attribution|"
+            "<extra></extra>",
         )
     )
     bars.update_layout(
@@ -93,8 +97,10 @@ def _page(
     settings = result.settings
     failed = prompts[prompts["status"] == "error"].head(SHOWN_ERRORS)
     feature_rows = "".join(
-        "<tr><td>{}</td><td>{:.4f}</td><td>{:.4f}</td><td>{:.0%}</td><td>{}</td></tr>".format(
+        "<tr><td>{}</td><td>{}</td><td>{:.4f}</td><td>{:.4f}</td><td>{:.0%}</td><td>{}</td>"
+        "</tr>".format(
             _link(label, row.neuronpedia_url),
+            html.escape(row.label),
             row.mean_attribution,
             row.mean_abs_attribution,
             row.frac_prompts_active,
@@ -126,7 +132,7 @@ td, th {{ border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: le
 {result.n_errors} failed{" · BOS nodes left out" if settings.exclude_bos else ""}.</p>
 {"".join(figures)}
 <h2>Top features</h2>
-<table><tr><th>feature</th><th>mean attribution</th><th>mean |attribution|</th>
+<table><tr><th>feature</th><th>label</th><th>mean attribution</th><th>mean |attribution|</th>
 <th>active in</th><th>top prompts</th></tr>{feature_rows}</table>
 <h2>Failed records</h2>
 {failed_table}

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from token_trace import loading
 from token_trace.datasets.aggregate import combine_features, combine_graph
 from token_trace.datasets.engines import engine_named
 from token_trace.datasets.inputs import PromptSource, fingerprint, read_prompts
@@ -19,6 +20,9 @@ from token_trace.datasets.report import write_report
 from token_trace.datasets.result import DatasetResult, read_shards
 from token_trace.datasets.settings import DatasetSettings
 from token_trace.datasets.worker import Shard
+from token_trace.labels import labels_for
+from token_trace.nodes import LABEL_COLUMN
+from token_trace.records import SAERecord
 
 
 def run_dataset(
@@ -31,6 +35,7 @@ def run_dataset(
     memory_per_worker: float | None = None,
     progress: bool = True,
     report: bool = True,
+    online_labels: bool = False,
     **settings: Any,
 ) -> DatasetResult:
     """Attribute every prompt of a file (or DataFrame, or list of dicts) and aggregate them.
@@ -47,6 +52,9 @@ def run_dataset(
             CPUs; memory unreserved).
         progress: show a progress bar with prompts/s on stderr.
         report: write `report.html`, the top features across the set.
+        online_labels: also fetch the top features' explanations from Neuronpedia for the
+            `label` column of `features.parquet` (cached ones and the bundled model's card
+            labels are always there); network trouble only leaves labels empty.
         **settings: `DatasetSettings.of`'s keywords (model, saes, method, batch_size, graph,
             max_nodes...).
 
@@ -63,6 +71,7 @@ def run_dataset(
         memory_per_worker=memory_per_worker,
         progress=progress,
         report=report,
+        online_labels=online_labels,
     )
 
 
@@ -77,6 +86,7 @@ def run_settings(
     memory_per_worker: float | None = None,
     progress: bool = True,
     report: bool = True,
+    online_labels: bool = False,
 ) -> DatasetResult:
     """`run_dataset` with its settings as a ready record (the command builds one from flags)."""
     table = read_prompts(prompts)
@@ -125,7 +135,8 @@ def run_settings(
     outcomes = read_shards(run_dir.shard_files("prompts"), columns=["status", "graph_nodes"])
     n_ok = int((outcomes["status"] == "ok").sum())
     n_graphs = int(outcomes["graph_nodes"].notna().sum())
-    _aggregate(runner, run_dir, chosen, sorted(run_dir.finished_shards()), n_ok, n_graphs)
+    shards_done = sorted(run_dir.finished_shards())
+    _aggregate(runner, run_dir, chosen, shards_done, n_ok, n_graphs, online_labels)
     result = DatasetResult(
         out_dir=run_dir.root,
         settings=chosen,
@@ -150,11 +161,14 @@ def _aggregate(
     shards: list[int],
     n_ok: int,
     n_graphs: int,
+    online_labels: bool,
 ) -> None:
     """Write the aggregate tables from the finished shards (each shard read on its own);
     `n_ok` prompts were attributed, `n_graphs` of them have a graph."""
     partials = runner.partials(run_dir, "features", shards, settings.exclude_bos)
-    write_table(combine_features(partials, n_ok), run_dir.features)
+    features = combine_features(partials, n_ok)
+    labels = labels_for(features, _sae_records(settings, features), online=online_labels)
+    write_table(features.assign(**{LABEL_COLUMN: labels}), run_dir.features)
     if settings.graph is not None:
         nodes, edges = combine_graph(
             runner.partials(run_dir, "graph_nodes", shards, settings.exclude_bos),
@@ -163,3 +177,18 @@ def _aggregate(
         )
         write_table(nodes, run_dir.graph_aggregate_nodes)
         write_table(edges, run_dir.graph_aggregate_edges)
+
+
+def _sae_records(settings: DatasetSettings, features: pd.DataFrame) -> list[SAERecord]:
+    """The run's SAEs as labels need them, from the release the settings name (SAEs from a
+    `loader` have no release to read labels from)."""
+    if settings.loader is not None:
+        return []
+    specs = loading.resolve_sae_specs(settings.saes, settings.model)
+    releases = {spec.sae_id: spec.release for spec in specs}
+    records = []
+    for hook, sae_id, layer in features[["hook_name", "sae_id", "layer"]].drop_duplicates().values:
+        release = releases.get(sae_id)
+        nid = None if release is None else loading.neuronpedia_id(release, sae_id)
+        records.append(SAERecord(hook, sae_id, release, int(layer), nid))
+    return records
