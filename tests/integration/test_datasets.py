@@ -7,6 +7,8 @@ import html
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.helpers import PROMPT
+from tests.helpers import PROMPT, ROOT
 from tests.prompt_files import BAD, MAX_TOKENS, mixed_records, write_jsonl
 from token_trace import (
     cli,
@@ -186,6 +188,12 @@ def test_the_report_colours_signs_as_the_app_does(finished):
     expected = [theme.POSITIVE if value >= 0 else theme.NEGATIVE for value in signs]
     assert bars["marker"]["color"] == expected
     assert theme.POSITIVE in expected and theme.NEGATIVE in expected
+    # the report takes the colours from the library, which never imports the app
+    code = "import sys, token_trace.datasets.report; print('token_trace.app' in sys.modules)"
+    found = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "False"
 
 
 def test_a_stopped_run_resumes_where_it_stopped(finished, prompt_file, tmp_path):

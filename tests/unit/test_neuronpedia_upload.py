@@ -7,10 +7,13 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from tests.fake_neuronpedia import KEY, fake_neuronpedia
+from tests.helpers import ROOT
 from token_trace import cli
 from token_trace.neuronpedia_graph import content_slug, dumps
 from token_trace.neuronpedia_upload import (
@@ -147,3 +150,16 @@ def test_the_cli_upload_needs_a_graph_and_a_key(capsys, monkeypatch):
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     assert cli.main(["When Mary and John", "--graph", "g.json", "--upload"]) == 2
     assert API_KEY_ENV in capsys.readouterr().err
+
+
+def test_the_upload_module_is_light_enough_for_the_cli_to_check_the_key_first():
+    """`token-trace --upload` checks the key before torch loads: the module needs none of it."""
+    code = (
+        "import sys, token_trace.neuronpedia_upload; "
+        "print(sorted(m for m in ('torch', 'pandas', 'numpy', 'token_trace.app') "
+        "if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]"
