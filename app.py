@@ -492,7 +492,7 @@ def create_app(offline: bool | None = None, max_tokens: int | None = None) -> gr
         max_tokens = max_tokens_from_env()
     if offline:
         go_offline()
-    page = Page(offline, Service(max_tokens), EXAMPLES_DIR)
+    page = Page(offline, Service(max_tokens, online_labels=not offline), EXAMPLES_DIR)
     if offline:
         logger.warning(
             "Hugging Face hub unreachable: starting offline on %s; available offline: %s",

@@ -31,12 +31,10 @@ KINDS = {
 }
 #: How many of the most influential SAE nodes get their label written beside them.
 N_LABELLED = 15
-#: Pixels each node of a cell gets (markers are at most `MAX_MARKER` wide), and the least room a
-#: position and a layer get however few nodes they hold.
+#: Pixels between neighbours of a cell (markers are at most `MAX_MARKER` wide), and the least
+#: room a position and a layer get however few nodes they hold.
 SLOT_PX, MAX_MARKER = 24, 18
-MIN_POSITION_PX, MIN_LAYER_PX = 70, 80
-#: Share of a position's width and a layer's height that its cell's nodes spread over.
-CELL_WIDTH, CELL_HEIGHT = 0.8, 0.7
+MIN_POSITION_PX, MIN_LAYER_PX = 44, 64
 MARGIN = {"l": 90, "r": 30, "t": 80, "b": 90}
 EDGE_BINS = 4
 FADED = 0.06
@@ -82,46 +80,52 @@ def shown(graph: GraphLike, show_errors: bool = True) -> Shown:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each node sits (data coordinates, by node id) and the figure's size in pixels."""
+    """Where each node sits (in pixels, by node id), where each position and layer is centred,
+    and the plotting area's size."""
 
     places: pd.DataFrame
-    width: int
-    height: int
+    position_centres: np.ndarray
+    layer_centres: np.ndarray
     rows: list[int]  # the layers, bottom to top
+    width: int  # of the plotting area, margins excluded
+    height: int
 
 
-def layout(nodes: pd.DataFrame) -> Layout:
-    """Each (layer, position) cell's nodes on a grid, largest |attribution| first; the figure
-    sized so each node has `SLOT_PX` of room. Layers are evenly spaced whatever their numbers."""
+def _bands(cells: pd.Series, n_bands: int, least: int) -> tuple[np.ndarray, np.ndarray]:
+    """Band sizes and centres in pixels: each band as wide as its fullest cell's grid needs."""
+    needed = cells.reindex(range(n_bands), fill_value=1).to_numpy()
+    size = np.maximum(least, SLOT_PX * needed + SLOT_PX // 2)
+    return size, np.cumsum(size) - size / 2
+
+
+def layout(nodes: pd.DataFrame, n_positions: int) -> Layout:
+    """Each (layer, position) cell's nodes on a grid, largest |attribution| first, `SLOT_PX`
+    apart; each position as wide, and each layer as tall, as its fullest cell needs (so a long
+    prompt's quiet positions stay narrow). Layers are evenly ordered whatever their numbers."""
     rows = sorted(nodes["layer"].unique().tolist())
     row_of = {layer: index for index, layer in enumerate(rows)}
     order = nodes.assign(size=nodes["attribution"].abs().fillna(0.0)).sort_values(
         ["layer", "position", "size"], ascending=[True, True, False], kind="stable"
     )
+    row = order["layer"].map(row_of).to_numpy()
+    position = order["position"].to_numpy()
     cell = order.groupby(["layer", "position"], sort=False)
     rank = cell.cumcount().to_numpy()
     count = cell["node_id"].transform("size").to_numpy()
     columns = np.ceil(np.sqrt(count * 1.5)).astype(int)
     lines = np.ceil(count / columns).astype(int)
+    widths, x_centre = _bands(pd.Series(columns).groupby(position).max(), n_positions,
+                              MIN_POSITION_PX)  # fmt: skip
+    heights, y_centre = _bands(pd.Series(lines).groupby(row).max(), len(rows), MIN_LAYER_PX)
     column, line = rank % columns, rank // columns
-    dx = np.where(columns > 1, (column / np.maximum(columns - 1, 1) - 0.5) * CELL_WIDTH, 0.0)
-    dy = np.where(lines > 1, (line / np.maximum(lines - 1, 1) - 0.5) * CELL_HEIGHT, 0.0)
     places = pd.DataFrame(
         {
-            "x": order["position"].to_numpy() + dx,
-            "y": order["layer"].map(row_of).to_numpy() + dy,
+            "x": x_centre[position] + (column - (columns - 1) / 2) * SLOT_PX,
+            "y": y_centre[row] + (line - (lines - 1) / 2) * SLOT_PX,
         },
         index=order["node_id"].to_numpy(),
     )
-    # Neighbours in a cell sit CELL_WIDTH / (columns - 1) apart: give that SLOT_PX at least.
-    widest = int(columns.max()) if len(columns) else 1
-    tallest = int(lines.max()) if len(lines) else 1
-    position_px = max(MIN_POSITION_PX, SLOT_PX * max(widest - 1, 1) / CELL_WIDTH + SLOT_PX)
-    layer_px = max(MIN_LAYER_PX, SLOT_PX * max(tallest - 1, 1) / CELL_HEIGHT + SLOT_PX)
-    n_positions = int(nodes["position"].max()) + 1 if len(nodes) else 1
-    width = int(n_positions * position_px) + MARGIN["l"] + MARGIN["r"]
-    height = int(len(rows) * layer_px) + MARGIN["t"] + MARGIN["b"]
-    return Layout(places, width, height, rows)
+    return Layout(places, x_centre, y_centre, rows, int(widths.sum()), int(heights.sum()))
 
 
 def node_label(node: pd.Series | dict) -> str:
@@ -142,7 +146,7 @@ def flow_figure(
     `customdata`, which the page reads on a click."""
     view = shown(graph, show_errors)
     nodes, edges = view.nodes, view.edges
-    placed = layout(nodes)
+    placed = layout(nodes, len(graph.trace.prompt.tokens))
     place = placed.places
     neighbours = _neighbours(edges, selected)
     fig = go.Figure()
@@ -157,7 +161,7 @@ def flow_figure(
         ]
     )
     records = nodes.to_dict("records")
-    texts = [html.escape(node_label(n)[:28]) if n["node_id"] in labelled else "" for n in records]
+    texts = [_text(node_label(n)[:28]) if n["node_id"] in labelled else "" for n in records]
     opacity = [1.0 if selected is None or n["node_id"] in neighbours else 0.2 for n in records]
     fig.add_scatter(
         x=place.loc[nodes["node_id"], "x"],
@@ -189,8 +193,8 @@ def flow_figure(
     fig.update_layout(
         title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}},
         template="plotly_white",
-        width=placed.width,
-        height=placed.height,
+        width=placed.width + MARGIN["l"] + MARGIN["r"],
+        height=placed.height + MARGIN["t"] + MARGIN["b"],
         margin=MARGIN,
         hovermode="closest",
         clickmode="event",
@@ -252,43 +256,46 @@ def _add_legend(fig: go.Figure) -> None:
 
 
 def _axes(fig: go.Figure, graph: GraphLike, placed: Layout) -> None:
-    result = graph.trace
-    tokens = result.prompt.tokens
-    ticks = list(range(len(tokens)))
+    tokens = graph.trace.prompt.tokens
     fig.update_xaxes(
-        tickvals=ticks,
-        ticktext=[html.escape(f"{p}: {tokens[p]!r}") for p in ticks],
+        tickvals=placed.position_centres.tolist(),
+        ticktext=[_text(f"{p}: {tokens[p]!r}") for p in range(len(tokens))],
         tickangle=-45,
         showgrid=False,
         zeroline=False,
-        range=[-0.6, len(tokens) - 0.4],
+        range=[0, placed.width],
     )
-    names = {record.layer: short_label(record.hook_name) for record in result.saes}
+    names = {record.layer: short_label(record.hook_name) for record in graph.trace.saes}
     names = {**names, -1: "tokens", placed.rows[-1]: "metric"} if placed.rows else names
     fig.update_yaxes(
-        tickvals=list(range(len(placed.rows))),
+        tickvals=placed.layer_centres.tolist(),
         ticktext=[names.get(layer, str(layer)) for layer in placed.rows],
         showgrid=True,
         zeroline=False,
-        range=[-0.6, len(placed.rows) - 0.4],
+        range=[0, placed.height],
     )
+
+
+def _text(text: str) -> str:
+    """Text for plotly, which reads `<`, `>` and `&` as its HTML subset (quotes stay quotes)."""
+    return html.escape(text, quote=False)
 
 
 def _hover(node: dict, graph: GraphLike) -> str:
     kind = str(node["node_type"])
-    parts = [f"<b>{html.escape(KINDS[kind])}</b> · {html.escape(repr(node['token']))}"]
+    parts = [f"<b>{_text(KINDS[kind])}</b> · {_text(repr(node['token']))}"]
     if kind in ("feature", "error"):
-        parts.append(f"{html.escape(short_label(str(node['hook_name'])))}")
+        parts.append(_text(short_label(str(node["hook_name"]))))
         if kind == "feature":
             parts.append(f"feature {int(node['feature'])}")
         if node.get("label"):
-            parts.append(html.escape(str(node["label"])[:120]))
+            parts.append(_text(str(node["label"])[:120]))
         parts.append(
             f"activation {_number(node['activation'])} · attribution "
             f"{_number(node['attribution'])} · influence {_number(node['influence'])}"
         )
     elif kind == "metric":
-        parts.append(html.escape(graph.trace.metric.description))
+        parts.append(_text(graph.trace.metric.description))
     return "<br>".join(parts)
 
 

@@ -25,7 +25,6 @@ from tests.helpers import CAP, ROOT, Served, app_py_offline, demo_examples
 from token_trace import (
     TOP_PREDICTION,
     compute_graph,
-    compute_node_attribution,
     load_model,
     trace,
     verify,
@@ -51,18 +50,23 @@ def api_request(example: dict, **overrides: object) -> dict:
 
 
 def library_result(request: dict) -> pd.DataFrame:
-    """What the library itself returns for an API request (mapped here, not by the app)."""
+    """What the library itself returns for an API request (mapped here, not by the app), with
+    the labels the app adds (`Trace.with_labels`; offline: the bundled cards')."""
     layers = request.get("layers")
-    return compute_node_attribution(
-        request["text"],
-        model=request["model"],
-        saes=[("ioi-demo", sae_id) for sae_id in layers.split(",")] if layers else None,
-        answer=app_answer(request),
-        contrast=request.get("contrast") or None,
-        method=request.get("method", "atp"),
-        ig_steps=request.get("ig_steps", 10),
-        baseline_text=request.get("counterfactual") or None,
-        device="cpu",
+    return (
+        trace(
+            request["text"],
+            model=request["model"],
+            saes=[("ioi-demo", sae_id) for sae_id in layers.split(",")] if layers else None,
+            answer=app_answer(request),
+            contrast=request.get("contrast") or None,
+            method=request.get("method", "atp"),
+            ig_steps=request.get("ig_steps", 10),
+            baseline_text=request.get("counterfactual") or None,
+            device="cpu",
+        )
+        .with_labels()
+        .to_frame()
     )
 
 

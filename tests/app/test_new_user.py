@@ -137,3 +137,19 @@ def test_token_and_metric_nodes_open_their_own_cards() -> None:
     metric_layer = max(sae.layer for sae in result.saes) + 1
     metric_id = f"{metric_layer}_{result.metric.token_ids[0]}_{last}"
     assert "the metric" in render.graph_node_panel_html(result, metric_id, offline=True)
+
+
+def test_labels_reach_the_api_records_and_the_graph_file(served: Served) -> None:
+    from token_trace.labels import card_label
+    from token_trace.loading import feature_card
+
+    nodes = served.client.predict(**REQUEST, top_k=30, api_name="/attribute")
+    features = [n for n in nodes if n["node_type"] == "feature"]
+    assert features and all(n["label"] for n in features)
+    for node in features[:5]:  # the bundled cards' labels, computed here from the card itself
+        card = feature_card("ioi-demo", node["hook_name"], node["feature"])
+        assert node["label"] == card_label(card)
+    assert all(n["label"] == "" for n in nodes if n["node_type"] == "error")
+    graph = served.client.predict(**REQUEST, max_nodes=40, api_name="/graph")
+    clerps = [n["clerp"] for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert clerps and all(clerps)

@@ -40,6 +40,7 @@ TABLE_COLUMNS = {
     "token": "token",
     "node_type": "type",
     "feature": "feature",
+    "label": "label",
     "activation": "activation",
     "attribution": "attribution",
 }
@@ -233,6 +234,8 @@ def table_view(result: Trace, features_only: bool, hide_bos: bool, query: str) -
     if query.strip():
         view = view[matches(view, query)]
     view = top_nodes(view, TABLE_ROWS)
+    if "label" not in view.columns:  # a trace not labelled (`Trace.with_labels`)
+        view = view.assign(label="")
     out = view.reset_index(names="node")[list(TABLE_COLUMNS)]
     out["node_type"] = out["node_type"].astype(str)
     out["token"] = out["token"].map(visible_token)
@@ -257,11 +260,13 @@ def node_from_row(row: list | Mapping | None, index: int | None, view: pd.DataFr
 
 def _node_header(node: pd.Series) -> str:
     kind = "SAE error node" if node["node_type"] == "error" else f"feature {int(node['feature'])}"
+    label = str(node.get("label") or "")
+    shown = f'<div class="tt-label">{html.escape(label)}</div>' if label else ""
     return (
         f'<div class="tt-node-head"><b>{html.escape(str(node["sae_id"]))}</b> · {kind} · '
         f"position {int(node['position'])} {html.escape(quoted_token(node['token']))} · "
         f"activation {format_value(float(node['activation']))} · "
-        f"attribution <b>{format_value(float(node['attribution']))}</b></div>"
+        f"attribution <b>{format_value(float(node['attribution']))}</b>{shown}</div>"
     )
 
 

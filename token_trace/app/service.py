@@ -219,11 +219,15 @@ class ResultCache:
 
 
 class Service:
-    """Runs requests for one deployment: its token cap, its result cache."""
+    """Runs requests for one deployment: its token cap, its result cache, and whether feature
+    labels may be fetched from Neuronpedia (online deployments; the bundled cards always label)."""
 
-    def __init__(self, max_tokens: int, cache: ResultCache | None = None) -> None:
+    def __init__(
+        self, max_tokens: int, cache: ResultCache | None = None, online_labels: bool = False
+    ) -> None:
         self.max_tokens = max_tokens
         self.cache = cache or ResultCache()
+        self.online_labels = online_labels
 
     def obtain(self, settings: Settings, progress: Callable[..., Any] | None = None) -> Run:
         """The run for `settings`: from the cache, or loaded, checked and computed now."""
@@ -235,7 +239,10 @@ class Service:
             report(0.35, desc=f"Attributing over {len(settings.sae_ids)} SAEs")
             start = time.perf_counter()
             result = trace_on_gpu(settings)
-            run = Run(settings, result, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            report(0.8, desc="Labelling the features")
+            # Labels are fetched here, in the main process: GPU workers get no network time.
+            run = Run(settings, result.with_labels(online=self.online_labels), seconds)
             self.cache.put(settings, run)
         report(0.9, desc="Drawing")
         return run
@@ -251,7 +258,7 @@ class Service:
             report(0.05, desc=f"Loading {settings.model} and its SAEs")
             load_and_check(settings, self.max_tokens)
             report(0.3, desc=f"Computing the edges between {max_nodes} nodes")
-            graph = graph_on_gpu(settings, max_nodes)
+            graph = graph_on_gpu(settings, max_nodes).with_labels(online=self.online_labels)
             self.cache.put(key, graph)
         return graph
 

@@ -73,6 +73,7 @@ CSS = """
 /* The flow graph keeps the width it needs for its nodes not to overlap and scrolls sideways. */
 #tt-graph { overflow-x: auto; }
 #tt-graph .js-plotly-plot, #tt-graph .plot-container { min-width: max-content; }
+.tt-label { font-style: italic; margin-top: 0.25rem; }
 .tt-graph-card ol { margin: 0.2rem 0 0 1.2rem; padding: 0; font-size: 0.85rem; }
 /* Phones: filters wrap instead of clipping their labels; charts keep their own width. */
 @media (max-width: 640px) {
