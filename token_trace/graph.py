@@ -32,7 +32,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,9 @@ from token_trace.pipeline import SAEArgument, resolve, traces_and_run
 from token_trace.prompts import TextOrTokens
 from token_trace.records import Trace
 from token_trace.replay import model_and_saes, replay
+
+if TYPE_CHECKING:
+    from token_trace.circuit import Faithfulness
 
 #: SAE architectures whose features are linear in the input where they fire (SAELens names).
 LINEAR_WHERE_ACTIVE = frozenset({"standard", "topk", "jumprelu", "batchtopk"})
@@ -115,6 +118,22 @@ class Graph:
             edges=edges,
             node_threshold=node_threshold,
             edge_threshold=edge_threshold,
+        )
+
+    def faithfulness(
+        self,
+        *,
+        model: HookedTransformer | None = None,
+        saes: Mapping[str, SAE] | None = None,
+        device: str | None = None,
+    ) -> Faithfulness:
+        """The faithfulness of the kept SAE nodes as a circuit, and of their complement
+        (`token_trace.faithfulness`: every other SAE node at its baseline, real reruns)."""
+        from token_trace.circuit import faithfulness
+
+        kept = self.nodes[self.nodes["node_type"].isin(["feature", "error"])]
+        return faithfulness(
+            self.trace, kept["node_id"].tolist(), model=model, saes=saes, device=device
         )
 
     def to_neuronpedia(self, slug: str | None = None) -> dict[str, Any]:
