@@ -16,7 +16,7 @@ from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
 from token_trace import loading
-from token_trace.attribution import AttributionRun, Batch, attribute
+from token_trace.attribution import DEFAULT_IG_RULE, AttributionRun, Batch, attribute
 from token_trace.hook_names import residual_depth
 from token_trace.hooks import model_lock
 from token_trace.nodes import node_frame
@@ -94,6 +94,7 @@ def trace(
     metric: MetricArgument = None,
     method: str = "atp",
     ig_steps: int = 10,
+    ig_rule: str = DEFAULT_IG_RULE,
     baseline_text: TextOrTokens | None = None,
     device: str | None = None,
     sae_dtype: str = "float32",
@@ -112,6 +113,8 @@ def trace(
             `[batch, pos, d_vocab]` to one value per batch row.
         method: "atp" (attribution patching, one forward and one backward pass) or "ig"
             (integrated gradients per SAE layer, `ig_steps` steps).
+        ig_rule: IG's quadrature over the path, "riemann" (left sum, as Sparse Feature Circuits)
+            or "gauss-legendre" (`ig_steps` Gauss-Legendre points).
         baseline_text: a counterfactual prompt of the same token length; nodes are patched to
             their value on it instead of to zero.
         device: where to load named models and SAEs (CUDA when present by default).
@@ -134,6 +137,7 @@ def trace(
         metric=metric,
         method=method,
         ig_steps=ig_steps,
+        ig_rule=ig_rule,
         baseline_texts=None if baseline_text is None else [baseline_text],
         device=device,
         sae_dtype=sae_dtype,
@@ -151,6 +155,7 @@ def trace_batch(
     metric: MetricArgument = None,
     method: str = "atp",
     ig_steps: int = 10,
+    ig_rule: str = DEFAULT_IG_RULE,
     baseline_texts: Sequence[TextOrTokens] | None = None,
     device: str | None = None,
     sae_dtype: str = "float32",
@@ -171,6 +176,7 @@ def trace_batch(
         metric=metric,
         method=method,
         ig_steps=ig_steps,
+        ig_rule=ig_rule,
         baseline_texts=baseline_texts,
         device=device,
         sae_dtype=sae_dtype,
@@ -187,6 +193,7 @@ def traces_and_run(
     metric: MetricArgument = None,
     method: str = "atp",
     ig_steps: int = 10,
+    ig_rule: str = DEFAULT_IG_RULE,
     baseline_texts: Sequence[TextOrTokens] | None = None,
     device: str | None = None,
     sae_dtype: str = "float32",
@@ -225,6 +232,7 @@ def traces_and_run(
         batch,
         method=method,
         ig_steps=ig_steps,
+        ig_rule=ig_rule,
         baseline_tokens=Batch.of(baselines, batch.metrics).tokens if baselines else None,
     )
     traces = [
