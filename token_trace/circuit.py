@@ -54,10 +54,14 @@ ORDERS = ("attribution", "influence", "greedy")
 CPU_CIRCUIT_TOKENS = 1024
 #: `max_nodes` of the graph the "influence" order builds when none is given.
 INFLUENCE_NODES = 1000
-#: The "greedy" order prunes from this many nodes of largest |attribution|, dropping this share
-#: of the remaining nodes per round.
-GREEDY_POOL = 512
-GREEDY_DROP = 0.1
+#: The "greedy" order prunes from the smallest of these numbers of nodes of largest |attribution|
+#: whose faithfulness reaches GREEDY_START (else the largest), dropping GREEDY_DROP of the
+#: remaining nodes per round. Dropping a tenth per round collapsed circuits on the bundled model
+#: (nodes that are harmless alone, backups of each other, went in the same round); a fiftieth
+#: did not (benchmarks/bench_faithfulness.py).
+GREEDY_POOLS = (64, 128, 256, 512)
+GREEDY_START = 0.95
+GREEDY_DROP = 0.02
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,7 @@ def smallest_faithful(curve: pd.DataFrame, target: float = 0.8) -> int | None:
 
 def greedy_order(
     result: Trace,
-    pool: int = GREEDY_POOL,
+    pool: int | None = None,
     drop: float = GREEDY_DROP,
     *,
     model: HookedTransformer | None = None,
@@ -179,10 +183,12 @@ def greedy_order(
 ) -> list[str]:
     """Node ids, most important first, by greedy pruning measured with real runs.
 
-    Start from the `pool` nodes of largest |attribution|; each round runs `m(C minus n)` for
-    every n in C (one batched forward) and drops the `drop` share of them whose removal leaves
-    the metric closest to the model's; the order is the reverse order of removal, followed by the
-    nodes outside the pool by |attribution|. Costs about `pool / drop` rows in all.
+    Start from the `pool` nodes of largest |attribution| (None: the smallest of `GREEDY_POOLS`
+    whose faithfulness reaches `GREEDY_START`, from one batched curve); each round runs
+    `m(C minus n)` for every n in C (one batched forward) and drops the `drop` share of them
+    whose removal leaves the metric closest to the model's; the order is the reverse order of
+    removal, followed by the nodes outside the pool by |attribution|. Costs about `pool / drop`
+    rows in all.
     """
     runner = _Runner(result, model, saes, device)
     return runner.node_ids(_greedy(runner, pool, drop))
@@ -213,7 +219,7 @@ def _ordering(runner: _Runner, order: str, graph: Graph | None) -> np.ndarray:
     if order == "attribution":
         return by_attribution
     if order == "greedy":
-        return _greedy(runner, GREEDY_POOL, GREEDY_DROP)
+        return _greedy(runner, None, GREEDY_DROP)
     result = runner.result
     if graph is None:
         graph = graph_from_trace(
@@ -237,10 +243,15 @@ def _then_rest(first: np.ndarray, rest: np.ndarray) -> np.ndarray:
     return np.concatenate([first, rest[~np.isin(rest, first)]])
 
 
-def _greedy(runner: _Runner, pool: int, drop: float) -> np.ndarray:
-    if pool < 1 or not 0 < drop < 1:
+def _greedy(runner: _Runner, pool: int | None, drop: float) -> np.ndarray:
+    if (pool is not None and pool < 1) or not 0 < drop < 1:
         raise ValueError(f"pool must be at least 1 and drop between 0 and 1 (got {pool}, {drop}).")
     by_attribution = runner.by_attribution()
+    if pool is None:
+        full, empty, values = runner.metrics([(True, by_attribution[:n]) for n in GREEDY_POOLS])
+        reference = Faithfulness(0, math.nan, math.nan, full, empty)
+        reached = [n for n, v in zip(GREEDY_POOLS, values) if _share(v, reference) >= GREEDY_START]
+        pool = reached[0] if reached else GREEDY_POOLS[-1]
     kept = by_attribution[:pool]
     removed = []
     while len(kept):

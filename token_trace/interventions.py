@@ -179,8 +179,11 @@ def intervene_many(
         )
     counterfactual = inputs.baseline_tokens is not None
     resolved = [_resolve(result, saes, edits, generate, counterfactual) for edits in edit_sets]
+    patched = any(kind == _BASELINE for refs in resolved for _, kind, _ in refs)
     base_features, base_errors = (
-        sae_leaves(model, saes, inputs.baseline_tokens) if counterfactual else (None, None)
+        sae_leaves(model, saes, inputs.baseline_tokens)
+        if counterfactual and patched
+        else (None, None)
     )
     hooks = []
     for hook in dict.fromkeys(ref.hook_name for refs in resolved for ref, _, _ in refs):

@@ -162,3 +162,21 @@ def test_bad_requests_are_refused_clearly(model, saes):
         faithfulness_curve(result, (10, -1), model=model, saes=saes)
     with pytest.raises(ValueError, match="list of sizes"):
         faithfulness_curve(result, "all", model=model, saes=saes)
+
+
+def test_pruning_can_keep_features_switched_on_by_the_counterfactual(model, saes):
+    """Features active only on the counterfactual have no incoming edge; by default pruning
+    drops them, with `baseline_sources=True` it keeps them and drops nothing else more."""
+    result = _trace(model, saes, COUNTERFACTUAL)
+    graph = graph_from_trace(
+        result, model=model, saes=saes, max_nodes=None, node_threshold=None, edge_threshold=None
+    )
+    default = graph.prune(0.9, None)
+    sources = graph.prune(0.9, None, baseline_sources=True)
+    assert sources.baseline_sources and not default.baseline_sources
+    assert set(default.nodes["node_id"]) < set(sources.nodes["node_id"])
+    added = sources.nodes[~sources.nodes["node_id"].isin(default.nodes["node_id"])]
+    switched_on = added[(added["node_type"] == "feature") & (added["activation"] == 0)]
+    assert len(switched_on) and not sources.edges["target"].isin(switched_on["node_id"]).any()
+    kept_features = default.nodes[default.nodes["node_type"] == "feature"]
+    assert kept_features["node_id"].isin(default.edges["target"]).all()
