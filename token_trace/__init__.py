@@ -25,9 +25,16 @@ _PUBLIC = {
     "run_dataset": "token_trace.datasets.run",
     "DatasetSettings": "token_trace.datasets.settings",
     "read_prompts": "token_trace.datasets.inputs",
+    "Faithfulness": "token_trace.circuit",
+    "faithfulness": "token_trace.circuit",
+    "faithfulness_curve": "token_trace.circuit",
     "Graph": "token_trace.graph",
     "compute_graph": "token_trace.graph",
     "graph_from_trace": "token_trace.graph",
+    "Edit": "token_trace.interventions",
+    "Intervention": "token_trace.interventions",
+    "intervene": "token_trace.interventions",
+    "intervene_many": "token_trace.interventions",
     "LoadError": "token_trace.loading",
     "load_model": "token_trace.loading",
     "load_saes": "token_trace.loading",
@@ -56,7 +63,10 @@ __all__ = [
     "AnswerTokenWarning",
     "DatasetResult",
     "DatasetSettings",
+    "Edit",
+    "Faithfulness",
     "Graph",
+    "Intervention",
     "LoadError",
     "MetricRecord",
     "Node",
@@ -71,7 +81,11 @@ __all__ = [
     "compute_graph",
     "compute_node_attribution",
     "compute_node_attribution_batch",
+    "faithfulness",
+    "faithfulness_curve",
     "graph_from_trace",
+    "intervene",
+    "intervene_many",
     "layer_totals",
     "load_model",
     "load_saes",
@@ -109,11 +123,13 @@ if TYPE_CHECKING:
         nodes_in,
         verify,
     )
+    from token_trace.circuit import Faithfulness, faithfulness, faithfulness_curve
     from token_trace.datasets.inputs import read_prompts
     from token_trace.datasets.result import DatasetResult
     from token_trace.datasets.run import run_dataset
     from token_trace.datasets.settings import DatasetSettings
     from token_trace.graph import Graph, compute_graph, graph_from_trace
+    from token_trace.interventions import Edit, Intervention, intervene, intervene_many
     from token_trace.loading import LoadError, load_model, load_saes
     from token_trace.nodes import COLUMNS, layer_totals, position_totals, top_nodes
     from token_trace.options import TOP_PREDICTION

@@ -48,9 +48,11 @@ def _metric(model: HookedTransformer, tokens: torch.Tensor, metric: Metric) -> t
 
 
 @torch.no_grad()
-def _leaves(
+def sae_leaves(
     model: HookedTransformer, saes: Mapping[str, SAE], tokens: torch.Tensor
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Every SAE's features `[batch, pos, d_sae]` and errors `[batch, pos, d_in]` on `tokens`
+    (the baseline values of a counterfactual run)."""
     with spliced(model, saes) as leaves:
         final_residual(model, tokens)
     return leaves.features, leaves.errors
@@ -75,7 +77,7 @@ def ablation_effects(
     if baseline_tokens is None:
         base_features = base_errors = None
     else:
-        base_features, base_errors = _leaves(model, saes, baseline_tokens)
+        base_features, base_errors = sae_leaves(model, saes, baseline_tokens)
 
     masks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for row, nodes in enumerate(node_sets):

@@ -11,6 +11,8 @@ baseline (zero, or a counterfactual prompt).
 
 Integrated gradients replace `g` by its average over activations interpolated, one SAE layer at a
 time, between the clean and the baseline activation (recomputing only the blocks above that layer).
+The average is a quadrature over `alpha` in [0, 1]: the left Riemann sum of Sparse Feature Circuits
+(`k / N`, whose first point is the clean gradient the AtP pass already has) or Gauss-Legendre.
 
 Several prompts run as one right-padded batch (see `Batch`): one forward and one backward for all.
 Results stay sparse: only active features get a row, and no `T x d_sae` gradient table is built.
@@ -23,6 +25,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
@@ -31,7 +34,7 @@ from transformer_lens.hook_points import HookPoint
 from token_trace.hook_names import block_index, resid_pre
 from token_trace.hooks import final_residual, hooked, logits_at
 from token_trace.metrics import Metric
-from token_trace.options import TraceOptions
+from token_trace.options import IG_RULES, TraceOptions
 
 # Node extraction uses sparse CSR kernels (see `_SparseRows`), which PyTorch labels beta with a
 # warning on first use; they are exact, and the tests check every node against autograd.
@@ -192,6 +195,24 @@ def _points_per_pass(n_points: int, batch: Batch, device: torch.device) -> int:
     return math.ceil(n_points / n_passes)
 
 
+def quadrature(rule: str, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes in [0, 1] and weights summing to 1 for `points` evaluations of the IG integrand.
+
+    - "riemann": `k / points` for k = 0..points-1, each weighted `1 / points` (Sparse Feature
+      Circuits' left sum; its first node, alpha = 0, is the clean gradient, which costs nothing);
+    - "gauss-legendre": Legendre-Gauss nodes and weights mapped from [-1, 1] to [0, 1], exact for
+      polynomials of degree `2 points - 1`; no node at an end.
+    """
+    if rule not in IG_RULES:
+        raise ValueError(f"Unknown ig_rule {rule!r}: use one of {IG_RULES}.")
+    if points < 1:
+        raise ValueError("ig_steps must be at least 1.")
+    if rule == "riemann":
+        return np.arange(points) / points, np.full(points, 1.0 / points)
+    nodes, weights = np.polynomial.legendre.leggauss(points)
+    return (nodes + 1) / 2, weights / 2
+
+
 def _integrated_gradient(
     model: HookedTransformer,
     batch: Batch,
@@ -201,21 +222,29 @@ def _integrated_gradient(
     patch: torch.Tensor,
     block_inputs: dict[int, torch.Tensor],
     steps: int,
+    rule: str,
 ) -> torch.Tensor:
-    """Mean metric gradient at `hook_name` at the points `clean + k/steps (patch - clean)`.
+    """The metric gradient at `hook_name` averaged by `quadrature(rule, steps)` over the points
+    `clean + alpha (patch - clean)`.
 
-    The first point (k = 0) is the clean activation, whose gradient the clean pass already has,
-    so only `steps - 1` points are run (none for one step, which is attribution patching), all
-    prompts and points as one batch (on a CPU, a few). Only this hook's activation is
-    interpolated; everything above it is recomputed and everything below stays clean, so the
-    runs start at the hook's own block.
+    A node at alpha = 0 is the clean activation, whose gradient the clean pass already has, so it
+    is not run (Riemann with one step is attribution patching). The other points run as one batch
+    of all prompts and points (on a CPU, a few). Only this hook's activation is interpolated;
+    everything above it is recomputed and everything below stays clean, so the runs start at the
+    hook's own block.
     """
-    if steps == 1:
-        return clean_grad
-    total = clean_grad.clone()
-    alphas = torch.arange(1, steps, device=clean.device, dtype=clean.dtype) / steps
+    nodes, weights = quadrature(rule, steps)
+    total = torch.zeros_like(clean_grad)
+    if nodes[0] == 0:
+        total += float(weights[0]) * clean_grad
+        nodes, weights = nodes[1:], weights[1:]
+    if not len(nodes):
+        return total
+    alphas = torch.as_tensor(nodes, device=clean.device, dtype=clean.dtype)
+    weights = torch.as_tensor(weights, device=clean.device, dtype=clean_grad.dtype)
     layer = block_index(hook_name)
-    for chunk in alphas.split(_points_per_pass(steps - 1, batch, clean.device)):
+    per_pass = _points_per_pass(len(alphas), batch, clean.device)
+    for chunk, chunk_weights in zip(alphas.split(per_pass), weights.split(per_pass)):
         copies = len(chunk)
         interpolated = clean + chunk.view(-1, *([1] * clean.ndim)) * (patch - clean)
         interpolated.requires_grad_(True)
@@ -231,8 +260,8 @@ def _integrated_gradient(
             residual = final_residual(model, inputs, start_at_layer=start)
             values = batch.metric_values(model, residual)
             (grad,) = torch.autograd.grad(values.sum(), interpolated)
-        total += grad.sum(0)
-    return total / steps
+        total += (chunk_weights.view(-1, *([1] * clean.ndim)) * grad).sum(0)
+    return total
 
 
 class _SparseRows:
@@ -367,7 +396,7 @@ def attribute(
     method and its steps (checked when the record was made).
     """
     options = options or TraceOptions()
-    method, ig_steps = options.method, options.ig_steps
+    method, ig_steps, ig_rule = options.method, options.ig_steps, options.ig_rule
     hook_names = list(saes)
     layers = {block_index(name) for name in hook_names} - {None}
     clean = capture_pass(
@@ -397,7 +426,7 @@ def attribute(
             patch = base_act if base_act is not None else sae.b_dec.to(act.dtype).expand_as(act)
             patch = patch.reshape(act.shape)
             grad = _integrated_gradient(
-                model, batch, name, act, grad, patch, clean.block_inputs, ig_steps
+                model, batch, name, act, grad, patch, clean.block_inputs, ig_steps, ig_rule
             )
         parts.append(
             _chunked_layer_nodes(

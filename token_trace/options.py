@@ -38,6 +38,9 @@ Baseline = Literal["zero", "counterfactual"]
 NodeType = Literal["embedding", "feature", "error", "metric"]
 #: The kinds of node a graph holds, in layer order (a trace's table holds features and errors).
 NODE_TYPES: tuple[str, ...] = get_args(NodeType)
+#: Quadrature rules for integrated gradients' average over the path (`attribution.quadrature`).
+IGRule = Literal["riemann", "gauss-legendre"]
+IG_RULES: tuple[str, ...] = get_args(IGRule)
 SAEDtype = Literal["float32", "bfloat16", "float16"]
 SAE_DTYPES: tuple[str, ...] = get_args(SAEDtype)
 #: Named metrics; a callable from logits `[batch, pos, d_vocab]` to one value per row also works.
@@ -51,6 +54,8 @@ Answer = Union[str, int, Sequence[int]]  # noqa: UP007
 TOP_PREDICTION = "<top prediction>"
 
 DEFAULT_IG_STEPS = 10
+#: The rule traces use unless told (benchmarks/bench_ig_rules.py compares the two).
+DEFAULT_IG_RULE = "riemann"
 DEFAULT_MAX_NODES = 200
 DEFAULT_NODE_THRESHOLD = 0.8
 DEFAULT_EDGE_THRESHOLD = 0.98
@@ -150,6 +155,7 @@ class TraceOptions:
     )
     method: Method = option("atp", "attribution patching (atp) or integrated gradients (ig)")
     ig_steps: int = option(DEFAULT_IG_STEPS, "integrated-gradient steps (with --method ig)")
+    ig_rule: IGRule = option(DEFAULT_IG_RULE, "integrated gradients' quadrature over the path")
     sae_dtype: SAEDtype = option(
         "float32", "load the SAEs at this precision; half precision is for GPUs"
     )
@@ -160,6 +166,7 @@ class TraceOptions:
         # Only integrated gradients takes steps; AtP ignores the field (and compares equal).
         steps = whole_number(self.ig_steps, "ig_steps", 1) if self.method == "ig" else None
         object.__setattr__(self, "ig_steps", steps or DEFAULT_IG_STEPS)
+        one_of(self.ig_rule, "ig_rule", IG_RULES)
         one_of(self.sae_dtype, "SAE dtype", SAE_DTYPES)
         check_metric(self.metric)
 

@@ -23,9 +23,11 @@ from token_trace.hooks import model_lock
 from token_trace.metrics import target_probability
 from token_trace.nodes import node_frame
 from token_trace.options import (
+    DEFAULT_IG_RULE,
     DEFAULT_IG_STEPS,
     DEFAULT_MODEL,
     Answer,
+    IGRule,
     Method,
     MetricArgument,
     PromptSpec,
@@ -115,6 +117,7 @@ def trace(
     metric: MetricArgument = None,
     method: Method = "atp",
     ig_steps: int = DEFAULT_IG_STEPS,
+    ig_rule: IGRule = DEFAULT_IG_RULE,
     device: str | None = None,
     sae_dtype: SAEDtype = "float32",
     baseline_text: TextOrTokens | None = None,
@@ -135,6 +138,8 @@ def trace(
             `[batch, pos, d_vocab]` to one value per batch row.
         method: "atp" (attribution patching, one forward and one backward pass) or "ig"
             (integrated gradients per SAE layer, `ig_steps` steps).
+        ig_rule: IG's quadrature over the path: "riemann" (the left sum of Sparse Feature
+            Circuits) or "gauss-legendre" (`ig_steps` Gauss-Legendre points).
         device: where to load named models and SAEs (CUDA when present by default).
         sae_dtype: "bfloat16" or "float16" loads named SAEs at half precision (half the memory,
             faster encodes on a GPU); only the encodes run in it.
@@ -147,7 +152,7 @@ def trace(
     is an error; in a prompt it is an `UnknownWordsWarning` and an entry of `trace.warnings`.
     """
     prompt = PromptSpec(text, answer, contrast, either(counterfactual, baseline_text))
-    options = TraceOptions(metric, method, ig_steps, sae_dtype, device)
+    options = TraceOptions(metric, method, ig_steps, ig_rule, sae_dtype, device)
     (result,), _ = run_traces([prompt], resolve(model, saes, options), options)
     return result
 
@@ -163,6 +168,7 @@ def trace_batch(
     metric: MetricArgument = None,
     method: Method = "atp",
     ig_steps: int = DEFAULT_IG_STEPS,
+    ig_rule: IGRule = DEFAULT_IG_RULE,
     device: str | None = None,
     sae_dtype: SAEDtype = "float32",
     baseline_texts: Sequence[TextOrTokens] | None = None,
@@ -176,7 +182,7 @@ def trace_batch(
     float rounding).
     """
     prompts = prompt_specs(texts, answers, contrasts, either(counterfactuals, baseline_texts))
-    options = TraceOptions(metric, method, ig_steps, sae_dtype, device)
+    options = TraceOptions(metric, method, ig_steps, ig_rule, sae_dtype, device)
     return run_traces(prompts, resolve(model, saes, options), options)[0]
 
 

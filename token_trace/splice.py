@@ -37,9 +37,17 @@ class SpliceLeaves:
 
 @contextmanager
 def spliced(
-    model: HookedTransformer, saes: Mapping[str, SAE], edit: Edit | None = None
+    model: HookedTransformer,
+    saes: Mapping[str, SAE],
+    edit: Edit | None = None,
+    *,
+    keep_leaves: bool = True,
 ) -> Iterator[SpliceLeaves]:
-    """Run the model with every SAE in `saes` spliced in at its hook (see the module docstring)."""
+    """Run the model with every SAE in `saes` spliced in at its hook (see the module docstring).
+
+    `keep_leaves=False` keeps no leaves (the yielded record stays empty), so a large batch holds
+    one hook's `[batch, pos, d_sae]` features at a time instead of every hook's.
+    """
     leaves = SpliceLeaves()
 
     def splice(x: torch.Tensor, hook: HookPoint) -> torch.Tensor:
@@ -50,7 +58,8 @@ def spliced(
             error = flat - sae.decode(features)
         features.requires_grad_(True)
         error.requires_grad_(True)
-        leaves.features[hook.name], leaves.errors[hook.name] = features, error
+        if keep_leaves:
+            leaves.features[hook.name], leaves.errors[hook.name] = features, error
         read_features, read_error = edit(hook.name, features, error) if edit else (features, error)
         out = sae.decode(read_features) + read_error
         clean_out = (sae.decode(features) + error).detach()

@@ -189,15 +189,17 @@ def _layer_patch_effect(model, saes, prompt, hook) -> float:
     return float(clean[0] - patched[0])
 
 
-def test_integrated_gradients_converge_to_the_layer_patch_effect(model, saes):
-    kwargs = {"answer": " Mary", "contrast": " John"}
-    prompt = prepare_prompt(model, PROMPT, **kwargs)
-    atp = compute_node_attribution(PROMPT, model, saes, **kwargs)
-    one_step = compute_node_attribution(PROMPT, model, saes, method="ig", ig_steps=1, **kwargs)
-    np.testing.assert_allclose(one_step.attribution, atp.attribution, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("rule, few, many", [("riemann", 4, 256), ("gauss-legendre", 2, 16)])
+def test_integrated_gradients_converge_to_the_layer_patch_effect(model, saes, rule, few, many):
+    kwargs = {"answer": " Mary", "contrast": " John", "ig_rule": rule}
+    prompt = prepare_prompt(model, PROMPT, kwargs["answer"], kwargs["contrast"])
+    if rule == "riemann":  # its first point is the clean gradient: one step is AtP
+        atp = compute_node_attribution(PROMPT, model, saes, answer=" Mary", contrast=" John")
+        one_step = compute_node_attribution(PROMPT, model, saes, method="ig", ig_steps=1, **kwargs)
+        np.testing.assert_allclose(one_step.attribution, atp.attribution, rtol=1e-4, atol=1e-5)
 
     errors = {}
-    for steps in (4, 256):
+    for steps in (few, many):
         df = compute_node_attribution(PROMPT, model, saes, method="ig", ig_steps=steps, **kwargs)
         totals = df.groupby("hook_name", observed=True)["attribution"].sum()
         errors[steps] = [
@@ -205,8 +207,26 @@ def test_integrated_gradients_converge_to_the_layer_patch_effect(model, saes):
         ]
     for hook_index, hook in enumerate(saes):
         real = _layer_patch_effect(model, saes, prompt, hook)
-        assert errors[256][hook_index] < errors[4][hook_index]
-        assert errors[256][hook_index] <= 0.05 * abs(real), hook
+        assert errors[many][hook_index] < errors[few][hook_index]
+        assert errors[many][hook_index] <= 0.05 * abs(real), hook
+
+
+@pytest.mark.parametrize("points", [1, 2, 3, 5, 8])
+def test_gauss_legendre_integrates_polynomials_of_degree_2n_minus_1_exactly(points):
+    nodes, weights = attribution.quadrature("gauss-legendre", points)
+    assert ((nodes > 0) & (nodes < 1)).all()
+    for degree in range(2 * points):
+        assert (weights * nodes**degree).sum() == pytest.approx(1 / (degree + 1), rel=1e-12)
+    # ...and no more: degree 2n is off by far more than rounding.
+    assert abs((weights * nodes ** (2 * points)).sum() - 1 / (2 * points + 1)) > 1e-11
+    riemann_nodes, riemann_weights = attribution.quadrature("riemann", points)
+    np.testing.assert_array_equal(riemann_nodes, np.arange(points) / points)
+    assert riemann_weights.sum() == pytest.approx(1.0)
+
+
+def test_unknown_ig_rule_is_refused(model, saes):
+    with pytest.raises(ValueError, match="Unknown ig_rule 'simpson'"):
+        compute_node_attribution(PROMPT, model, saes, method="ig", ig_rule="simpson")
 
 
 def test_token_tensor_input_matches_text(model, saes):

@@ -30,7 +30,8 @@ from token_trace.app.requests import (
 )
 from token_trace.app.service import Run, Service
 from token_trace.flow_view import flow_figure
-from token_trace.graph import Graph, node_ids
+from token_trace.graph import Graph
+from token_trace.node_refs import node_ids
 from token_trace.options import (
     DEFAULT_EDGE_THRESHOLD,
     DEFAULT_MAX_NODES,
