@@ -23,6 +23,7 @@ from token_trace.app import render
 from token_trace.app.api import add_endpoints
 from token_trace.app.page import (
     DEFAULT_VERIFY_NODES,
+    FAITH_OUTPUTS,
     FILTERED_OUTPUTS,
     FORM_FIELDS,
     GRAPH_OUTPUTS,
@@ -33,7 +34,14 @@ from token_trace.app.page import (
     GraphChoice,
     Page,
 )
-from token_trace.app.requests import MAX_IG_STEPS, PRESET_ENV, RequestFields, max_tokens_from_env
+from token_trace.app.requests import (
+    EDITS_HELP,
+    MAX_IG_STEPS,
+    PRESET_ENV,
+    RequestFields,
+    max_generate_from_env,
+    max_tokens_from_env,
+)
 from token_trace.app.service import Service, preload, user_errors
 from token_trace.app.theme import CSS
 from token_trace.loading import go_offline, hub_reachable, release_sae_ids
@@ -291,13 +299,66 @@ def graph_section(ui: Components) -> None:
         with gr.Row():
             ui.add("graph_file", gr.DownloadButton("Graph (Neuronpedia JSON)", size="sm"))
             gr.HTML(render.NEURONPEDIA_NOTE)
+        with gr.Row():
+            ui.add("faith_button", gr.Button("How faithful is this graph?", size="sm",
+                                             elem_id="tt-faith-run"))  # fmt: skip
+            ui.add("faith_summary", gr.HTML(elem_id="tt-faith-summary"))
+        ui.add("faith_plot", gr.Plot(label="Faithfulness", elem_id="tt-faith"))
         # A clicked node's id, written there by the page's script (CLICK_JS), which then presses
         # the hidden button.
         ui.add("graph_click", gr.Textbox(elem_id="tt-graph-click", elem_classes="tt-hidden"))
         ui.add("graph_click_go", gr.Button(elem_id="tt-graph-click-go", elem_classes="tt-hidden"))
 
 
+def what_if_section(ui: Components) -> None:
+    """Edit SAE nodes (ablate, scale, set, patch to the counterfactual) and rerun the model."""
+    with gr.Accordion("What if: edit nodes and rerun the model", open=False):
+        with gr.Row():
+            ui.add("edit_action", gr.Radio(
+                ["ablate", "scale", "set", "baseline"], value="ablate", label="Action"
+            ))  # fmt: skip
+            ui.add("edit_value", gr.Number(value=2.0, label="k or v (scale, set)"))
+            ui.add("edit_everywhere", gr.Checkbox(label="At every position", value=False))
+            ui.add("edit_add", gr.Button("Add the selected node", size="sm", elem_id="tt-edit-add"))
+        ui.add("edits", gr.Textbox(label="Edits", info=EDITS_HELP, elem_id="tt-edits"))
+        with gr.Row():
+            ui.add("generate", gr.Slider(0, 32, value=8, step=1, label="Tokens to generate"))
+            ui.add("whatif_button", gr.Button("Run the edits", elem_id="tt-whatif-run"))
+        ui.add("whatif_summary", gr.HTML(elem_id="tt-whatif-summary"))
+
+
 # --------------------------------------------------------------------------- wiring
+
+
+def wire_what_if(ui: Components, page: Page) -> None:
+    def add(given: dict) -> str:
+        v = ui.read(given)
+        return page.add_edit(v["edits"], v["selected"], v["edit_action"], v["edit_value"],
+                             v["edit_everywhere"])  # fmt: skip
+
+    fields = ["edits", "selected", "edit_action", "edit_value", "edit_everywhere"]
+    ui["edit_add"].click(user_errors(add), ui.inputs(fields), ui["edits"], **CHEAP)
+
+    def run(given: dict, progress: Any = gr.Progress()) -> dict:  # noqa: B008
+        v = ui.read(given)
+        chosen = page.what_if(request_of(v), v["layers"], v["edits"], v["generate"], progress)
+        return ui.fill(chosen)
+
+    ui["whatif_button"].click(
+        user_errors(run),
+        ui.inputs(FORM_FIELDS, ["layers", "edits", "generate"]),
+        ui.of(["whatif_summary"]),
+        **PRIVATE,
+    )
+
+    def faithful(given: dict) -> dict:
+        v = ui.read(given)
+        return ui.fill(page.faithfulness(v["graph_run"], choice_of(v)))
+
+    ui["faith_button"].click(
+        user_errors(faithful), ui.inputs(["graph_run"], GRAPH_FIELDS), ui.of(FAITH_OUTPUTS),
+        **PRIVATE,
+    )  # fmt: skip
 
 
 def on_failure(event: Any, ui: Components, page: Page) -> None:
@@ -471,12 +532,14 @@ def build(page: Page) -> gr.Blocks:
         charts_section(ui)
         checks_section(ui)
         graph_section(ui)
+        what_if_section(ui)
         for name in ("run", "graph_run", "selected", "shared", "shared_node"):
             ui.add(name, gr.State())
         wire_run(ui, page)
         wire_table(ui, page)
         wire_graph(ui, page)
         wire_checks(ui, page)
+        wire_what_if(ui, page)
         wire_links(ui, page, demo)
         add_endpoints(page, user_errors)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
@@ -492,7 +555,8 @@ def create_app(offline: bool | None = None, max_tokens: int | None = None) -> gr
         max_tokens = max_tokens_from_env()
     if offline:
         go_offline()
-    page = Page(offline, Service(max_tokens, online_labels=not offline), EXAMPLES_DIR)
+    service = Service(max_tokens, online_labels=not offline, max_generate=max_generate_from_env())
+    page = Page(offline, service, EXAMPLES_DIR)
     if offline:
         logger.warning(
             "Hugging Face hub unreachable: starting offline on %s; available offline: %s",

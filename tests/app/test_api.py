@@ -409,7 +409,7 @@ def test_endpoints_are_mcp_tools_with_their_descriptions(served: Served) -> None
     schema = httpx.get(f"{served.url}gradio_api/mcp/schema", timeout=30).json()
     # As MCP clients list them (the client-API twins are marked apart and not listed as tools).
     tools = {tool["name"]: tool for tool in schema if tool["meta"]["mcp_type"] == "tool"}
-    assert set(tools) == {"attribute", "summary", "graph", "verify"}
+    assert set(tools) == {"attribute", "summary", "graph", "verify", "intervene"}
     for tool in tools.values():
         properties = tool["inputSchema"]["properties"]
         assert "text" in properties and properties["text"]["description"]

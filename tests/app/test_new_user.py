@@ -153,3 +153,36 @@ def test_labels_reach_the_api_records_and_the_graph_file(served: Served) -> None
     graph = served.client.predict(**REQUEST, max_nodes=40, api_name="/graph")
     clerps = [n["clerp"] for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"]
     assert clerps and all(clerps)
+
+
+def test_intervene_over_the_api_matches_the_library(served: Served) -> None:
+    from token_trace import Edit, intervene
+
+    top = trace(EXAMPLE["text"], "ioi-demo", answer=EXAMPLE["answer"], device="cpu")
+    top = top.with_labels()
+    node = top.top_nodes(1, exclude_bos=True, node_type="feature").iloc[0]
+    node_id = f"{node['layer']}_{node['feature']}_{node['position']}"
+    got = served.client.predict(
+        **REQUEST, edits=f"{node_id}:ablate", generate=3, api_name="/intervene"
+    )
+    expected = intervene(top, [Edit(node_id, scale=0.0)], generate=3)
+    assert got["metric_after"] == pytest.approx(expected.metric_after, rel=1e-5, abs=1e-6)
+    assert got["generated_after"] == expected.generated_after
+    assert json.loads(call_tool(served.url, "intervene", {**REQUEST, "edits": f"{node_id}:x2"}))
+
+
+@pytest.mark.parametrize(
+    "edits, message",
+    [
+        ("", "at least one edit"),
+        ("1_2_3", "has no action"),
+        ("1_2_3:x", "the action must be"),
+        ("1_2_3:xNaN", "the action must be"),
+        ("<script>:ablate", "node"),
+        (", ".join(["1_2_3:ablate"] * 40), "At most 32 edits"),
+    ],
+)
+def test_bad_edits_are_clear_errors(served: Served, edits: str, message: str) -> None:
+    with pytest.raises(AppError, match=message) as raised:
+        served.client.predict(**REQUEST, edits=edits, api_name="/intervene")
+    assert "unexpectedly" not in str(raised.value)

@@ -22,7 +22,7 @@ from typing import Any
 import gradio as gr
 
 from token_trace.app.page import DEFAULT_VERIFY_NODES, MAX_GRAPH_NODES, MAX_VERIFY_NODES, Page
-from token_trace.app.requests import FIELD_HELP, RequestFields
+from token_trace.app.requests import EDITS_HELP, FIELD_HELP, MAX_GENERATE, RequestFields
 from token_trace.options import DEFAULT_EDGE_THRESHOLD, DEFAULT_MAX_NODES, DEFAULT_NODE_THRESHOLD
 
 _HINTS = typing.get_type_hints(RequestFields)
@@ -176,6 +176,15 @@ EXTRAS = {
         ),
     ],
 }
+EXTRAS["intervene"] = [
+    Extra("edits", str, "", EDITS_HELP),
+    Extra(
+        "generate",
+        int,
+        0,
+        f"Greedy tokens to continue with and without the edits (0-{MAX_GENERATE}).",
+    ),
+]
 #: Defaults an agent gets that differ from a Python client's.
 MCP_DEFAULTS = {"attribute": {"top_k": MCP_TOP_K}}
 MCP_NOTES = {
@@ -185,13 +194,15 @@ MCP_NOTES = {
 
 
 def add_endpoints(page: Page, errors: Callable[..., Callable[..., Any]]) -> None:
-    """`/attribute`, `/summary`, `/graph` and `/verify` for API clients, and the same four as MCP
-    tools (JSON text). `errors(fn, escape=False)` turns library errors into plain-text messages."""
+    """`/attribute`, `/summary`, `/graph`, `/verify` and `/intervene` for API clients, and the
+    same five as MCP tools (JSON text). `errors(fn, escape=False)` turns library errors into
+    plain-text messages."""
     handlers = {
         "attribute": (page.attribute, list[dict]),
         "summary": (page.summary, dict),
         "graph": (page.graph_json, dict),
         "verify": (page.verify_json, dict),
+        "intervene": (page.intervene_json, dict),
     }
     for name, (handler, returns) in handlers.items():
         doc = handler.__doc__ or ""

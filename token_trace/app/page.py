@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from token_trace.app.requests import (
     default_release,
     load_examples,
     make_settings,
+    parse_edits,
     request_from_query,
     share_query,
 )
@@ -63,6 +64,7 @@ OUTPUTS = (
 FILTERED_OUTPUTS = ("table", "heatmap", "layer_plot", "scatter", "links")
 #: The flow graph's outputs, and the checks'.
 GRAPH_OUTPUTS = ("graph_plot", "graph_summary", "graph_file", "graph_card")
+FAITH_OUTPUTS = ("faith_summary", "faith_plot")
 VERIFY_OUTPUTS = ("verify_summary", "verify_scatter", "verify_layers")
 MAX_GRAPH_NODES = 1000
 DEFAULT_VERIFY_NODES, MAX_VERIFY_NODES = 20, 200
@@ -328,7 +330,58 @@ class Page:
             "verify_layers": bars,
         }
 
+    def faithfulness(self, graph_run: GraphRun | None, choice: GraphChoice) -> dict[str, Any]:
+        """How much of the metric the drawn graph recovers, and the curve over sizes."""
+        if graph_run is None:
+            raise ValueError("Build the graph first: faithfulness is measured on its nodes.")
+        graph = graph_run.graph.prune(choice.node_threshold, choice.edge_threshold)
+        key = (graph_run.graph.max_nodes, choice.node_threshold, choice.edge_threshold)
+        curve, kept = self.service.faithfulness(graph_run.settings, graph, key)
+        return {
+            "faith_summary": render.faithfulness_html(kept, curve),
+            "faith_plot": plots.faithfulness_figure(curve, kept.n_nodes),
+        }
+
+    def what_if(
+        self,
+        request: RequestFields,
+        layers: list[str] | None,
+        edits: str,
+        generate: int = 0,
+        progress: Callable[..., Any] | None = None,
+    ) -> dict[str, Any]:
+        """The prompt rerun with the edits: metric, predictions and continuation, before and
+        after."""
+        settings = self.settings(request, layers)
+        chosen = parse_edits(edits)
+        n = whole_number(generate, "generate", 0, self.service.max_generate)
+        metric = self.service.obtain(settings, progress).trace.metric.description
+        result = self.service.intervene(settings, chosen, n, progress)
+        return {"whatif_summary": render.intervention_html(result, metric)}
+
+    @staticmethod
+    def add_edit(edits: str, node: str | None, action: str, value: float, everywhere: bool) -> str:
+        """The edits box with the selected node's edit appended (`EDITS_HELP`'s syntax)."""
+        if not node:
+            raise ValueError("Select a node first: a row of the table or a node of the graph.")
+        if everywhere:
+            node = node.rsplit("_", 1)[0] + "_*"
+        spelled = {"ablate": "ablate", "scale": f"x{value:g}", "set": f"={value:g}",
+                   "baseline": "baseline"}[action]  # fmt: skip
+        return ", ".join(part for part in (edits.strip(), f"{node}:{spelled}") if part)
+
     # ----------------------------------------------------------------------- API
+
+    def intervene_json(self, request: RequestFields, edits: str = "", generate: int = 0) -> dict:
+        """Rerun the prompt with SAE nodes edited (`edits`: comma-separated NODE:ACTION, ACTION
+        ablate, xK, =V or baseline; NODE a graph node id, `*` as its position for every
+        position) and report the metric, top predictions, the target's logit change and, with
+        `generate`, the greedy continuations before and after."""
+        settings = self.settings(request)
+        chosen = parse_edits(edits)
+        n = whole_number(generate, "generate", 0, self.service.max_generate)
+        result = self.service.intervene(settings, chosen, n)
+        return asdict(result)
 
     def attribute(self, request: RequestFields, top_k: float = 0) -> list[dict]:
         """The node table as JSON records with the library's column names: every row in the

@@ -190,3 +190,18 @@ def verification_figures(check: Verification) -> tuple[go.Figure, go.Figure]:
     )
     bars.update_yaxes(title="effect on the metric", zeroline=True)
     return scatter, _style(bars, "Per layer: estimate vs real", height=340)
+
+
+def faithfulness_figure(curve: pd.DataFrame, kept: int) -> go.Figure:
+    """Faithfulness against circuit size (the graph's own influence order), the drawn graph's
+    size marked."""
+    fig = go.Figure()
+    fig.add_scatter(
+        x=curve["size"], y=curve["faithfulness"], mode="lines+markers", name="faithfulness",
+        line={"color": TOTAL},
+    )  # fmt: skip
+    fig.add_hline(y=0.8, line={"color": NEUTRAL, "dash": "dot"}, annotation_text="80%")
+    fig.add_vline(x=kept, line={"color": NEUTRAL, "dash": "dash"}, annotation_text="this graph")
+    fig.update_xaxes(type="log", title="SAE nodes kept (most influential first)")
+    fig.update_yaxes(title="share of the metric recovered", tickformat=".0%")
+    return _style(fig, "Faithfulness by circuit size", height=320)

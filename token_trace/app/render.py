@@ -18,8 +18,10 @@ from token_trace import loading
 from token_trace.ablation import Verification
 from token_trace.app.requests import Preset
 from token_trace.app.theme import signed_background
+from token_trace.circuit import Faithfulness
 from token_trace.flow_view import KINDS, node_label, shown
 from token_trace.graph import Graph
+from token_trace.interventions import Intervention
 from token_trace.loading import is_bundled
 from token_trace.neuronpedia import embed_url, feature_url, quick_list_url
 from token_trace.nodes import top_nodes, without_bos
@@ -532,3 +534,46 @@ def verification_html(check: Verification) -> str:
             "integrated gradients (IG), whose layer totals approach the real effect.</div>"
         )
     return f'<div class="tt-summary">{line}{warning}</div>'
+
+
+def intervention_html(result: Intervention, metric: str) -> str:
+    """What the edits did: the metric before and after, the top predictions side by side, the
+    target's logit change, and the continuations with and without the edits."""
+    change = result.metric_after - result.metric_before
+    head = (
+        f"<p><b>{html.escape(metric)}</b>: {format_value(result.metric_before)} → "
+        f"<b>{format_value(result.metric_after)}</b> ({format_value(change)}) with "
+        f"{len(result.edits)} edit{'s' if len(result.edits) != 1 else ''}.</p>"
+    )
+    rows = "".join(
+        f"<tr><td>{html.escape(quoted_token(b.token))} {b.probability:.1%}</td>"
+        f"<td>{html.escape(quoted_token(a.token))} {a.probability:.1%}</td></tr>"
+        for b, a in zip(result.predictions_before[:6], result.predictions_after[:6])
+    )
+    table = (
+        '<table class="tt-whatif"><tr><th>top predictions before</th><th>after</th></tr>'
+        f"{rows}</table>"
+    )
+    generated = ""
+    if result.generated_before is not None:
+        generated = (
+            f"<p>Continuation before: <span class='tt-context'>"
+            f"{html.escape(result.generated_before)}</span><br>after: <span class='tt-context'>"
+            f"<b>{html.escape(result.generated_after or '')}</b></span></p>"
+        )
+    return f'<div class="tt-summary">{head}{table}{generated}</div>'
+
+
+def faithfulness_html(kept: Faithfulness, curve: pd.DataFrame) -> str:
+    """One line: how much of the metric the drawn graph's nodes recover, and the size that
+    reaches 80% along the curve; where SAE errors limit it, say so."""
+    share = kept.faithfulness
+    reach = curve.loc[curve["faithfulness"] >= 0.8, "size"]
+    reached = f"; {int(reach.min())} nodes reach 80%" if len(reach) else "; no size reaches 80%"
+    return (
+        f'<div class="tt-summary">These <b>{kept.n_nodes}</b> SAE nodes recover '
+        f"<b>{share:.0%}</b> of the metric (every other node at its baseline, real reruns; "
+        f"their complement recovers {kept.complement_faithfulness:.0%}){reached}. Error nodes "
+        "count as nodes: a graph that needs them is one where the SAEs leave the behaviour "
+        "unexplained.</div>"
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from token_trace import loading
+from token_trace.interventions import Edit
 from token_trace.options import (
     DEFAULT_IG_STEPS,
     METHODS,
@@ -379,3 +381,57 @@ def load_examples(directory: Path, presets: Sequence[Preset], first: str) -> lis
                 )
             )
     return sorted(found, key=lambda example: example.release != first)
+
+
+# --------------------------------------------------------------------------- interventions
+
+#: Environment variable: the most tokens a "What if" request may generate on this deployment.
+MAX_GENERATE_ENV = "TOKEN_TRACE_MAX_GENERATE"
+MAX_GENERATE = 32
+MAX_EDITS = 32
+EDITS_HELP = (
+    "Comma-separated edits, each NODE:ACTION. NODE is a graph node id layer_feature_position "
+    "(errors layer_-1_position; * as the position: every position, generated ones too). ACTION "
+    "is ablate (set to 0), xK (multiply by K), =V (set to V) or baseline (its counterfactual "
+    "value). Example: 1_423_11:ablate, 2_17_*:x3"
+)
+
+
+def max_generate_from_env() -> int:
+    """The per-deployment cap on generated tokens, from `TOKEN_TRACE_MAX_GENERATE` (32)."""
+    raw = os.environ.get(MAX_GENERATE_ENV, "").strip()
+    if not raw:
+        return MAX_GENERATE
+    return whole_number(raw, MAX_GENERATE_ENV, 0, MAX_GENERATE)
+
+
+def parse_edits(text: str) -> tuple[Edit, ...]:
+    """The edits a request spells out (`EDITS_HELP`), or a ValueError saying which one is wrong."""
+    parts = [part.strip() for part in (text or "").split(",") if part.strip()]
+    if not parts:
+        raise ValueError("Name at least one edit, e.g. 1_423_11:ablate.")
+    if len(parts) > MAX_EDITS:
+        raise ValueError(f"At most {MAX_EDITS} edits per request, got {len(parts)}.")
+    return tuple(_edit(part) for part in parts)
+
+
+def _edit(part: str) -> Edit:
+    node, _, action = part.rpartition(":")
+    action = action.strip().lower()
+    if not node:
+        raise ValueError(f"Edit {part!r} has no action: write NODE:ablate, NODE:x2, NODE:=1.5 "
+                         "or NODE:baseline.")  # fmt: skip
+    if action == "ablate":
+        return Edit(node.strip(), scale=0.0)
+    if action == "baseline":
+        return Edit(node.strip(), baseline=True)
+    kind, number = action[:1], action[1:]
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if kind not in ("x", "=") or not math.isfinite(value):
+        raise ValueError(
+            f"Edit {part!r}: the action must be ablate, xK, =V or baseline with K and V numbers."
+        )
+    return Edit(node.strip(), scale=value) if kind == "x" else Edit(node.strip(), value=value)

@@ -20,14 +20,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
+import pandas as pd
 import spaces
 import torch
 from transformer_lens import HookedTransformer
 
 from token_trace import loading
 from token_trace.ablation import Verification, verify
-from token_trace.app.requests import MAX_TOKENS_ENV, PRESETS_BY_RELEASE, Settings
+from token_trace.app.requests import MAX_GENERATE, MAX_TOKENS_ENV, PRESETS_BY_RELEASE, Settings
+from token_trace.circuit import Faithfulness, faithfulness_curve
 from token_trace.graph import Graph, graph_of
+from token_trace.interventions import Edit, Intervention, intervene
 from token_trace.options import GraphOptions
 from token_trace.pipeline import resolve, run_traces
 from token_trace.prompts import tokenizer_length
@@ -183,6 +186,37 @@ def verify_on_gpu(result: Trace, k: int) -> Verification:
     return verify(result, k)
 
 
+def intervene_seconds(result: Trace, edits: Sequence[Edit], generate: int) -> int:
+    """ZeroGPU reservation for an edit: two forwards per generated token, before and after."""
+    return int(min(120, 20 + generate // 4))
+
+
+@spaces.GPU(duration=intervene_seconds)
+@plain_errors
+def intervene_on_gpu(result: Trace, edits: Sequence[Edit], generate: int) -> Intervention:
+    """The trace's prompt rerun with `edits` (and `generate` tokens continued both ways)."""
+    return intervene(result, edits, generate)
+
+
+def faithfulness_seconds(graph: Graph) -> int:
+    return int(min(120, 20 + len(graph.candidate_nodes) // 64))
+
+
+@spaces.GPU(duration=faithfulness_seconds)
+@plain_errors
+def faithfulness_on_gpu(graph: Graph) -> tuple[pd.DataFrame, Faithfulness]:
+    """How much of the metric the graph's kept nodes carry, and the curve over sizes in the
+    graph's own influence order (batched real reruns)."""
+    kept = graph.faithfulness()
+    sizes = sorted({*FAITHFULNESS_SIZES, kept.n_nodes})
+    curve = faithfulness_curve(graph.trace, [*sizes, "all"], "influence", graph=graph)
+    return curve, kept
+
+
+#: Circuit sizes of the app's faithfulness curve (the kept graph's own size is added).
+FAITHFULNESS_SIZES = (5, 10, 20, 50, 100, 200, 500)
+
+
 @dataclass(frozen=True)
 class Run:
     """A finished request: its settings, the library's trace, and the compute time."""
@@ -223,11 +257,17 @@ class Service:
     labels may be fetched from Neuronpedia (online deployments; the bundled cards always label)."""
 
     def __init__(
-        self, max_tokens: int, cache: ResultCache | None = None, online_labels: bool = False
+        self,
+        max_tokens: int,
+        cache: ResultCache | None = None,
+        online_labels: bool = False,
+        max_generate: int = MAX_GENERATE,
     ) -> None:
         self.max_tokens = max_tokens
         self.cache = cache or ResultCache()
         self.online_labels = online_labels
+        #: The most tokens a "What if" request may generate on this deployment.
+        self.max_generate = max_generate
 
     def obtain(self, settings: Settings, progress: Callable[..., Any] | None = None) -> Run:
         """The run for `settings`: from the cache, or loaded, checked and computed now."""
@@ -261,6 +301,34 @@ class Service:
             graph = graph_on_gpu(settings, max_nodes).with_labels(online=self.online_labels)
             self.cache.put(key, graph)
         return graph
+
+    def intervene(
+        self,
+        settings: Settings,
+        edits: tuple[Edit, ...],
+        generate: int,
+        progress: Callable[..., Any] | None = None,
+    ) -> Intervention:
+        """The request's prompt rerun with `edits` (cached)."""
+        key = ("intervene", settings, edits, generate)
+        found = self.cache.get(key)
+        if found is None:
+            result = self.obtain(settings, progress).trace
+            if progress is not None:
+                progress(0.6, desc=f"Rerunning with {len(edits)} edits")
+            found = intervene_on_gpu(result, edits, generate)
+            self.cache.put(key, found)
+        return found
+
+    def faithfulness(
+        self, settings: Settings, graph: Graph, key: tuple
+    ) -> tuple[pd.DataFrame, Faithfulness]:
+        """The pruned `graph`'s faithfulness and curve (cached under the graph's `key`)."""
+        found = self.cache.get(("faithfulness", settings, *key))
+        if found is None:
+            found = faithfulness_on_gpu(graph)
+            self.cache.put(("faithfulness", settings, *key), found)
+        return found
 
     def verify(self, settings: Settings, k: int, progress: Callable[..., Any] | None = None):
         """Real ablations of the request's top `k` nodes and whole layers (cached)."""
