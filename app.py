@@ -83,17 +83,23 @@ CLICK_JS = """
   new MutationObserver(bind).observe(document.body, { childList: true, subtree: true });
 }
 """
-#: After a graph click, bring the node's card into view (below the graph on a narrow screen).
-SHOW_CARD_JS = """
-() => {
-  const card = document.querySelector('#tt-graph-card');
+
+
+def show_js(selector: str) -> str:
+    """A script that brings `selector` into view when it is off screen (a card filled by a
+    click lands below the fold on a narrow screen)."""
+    return f"""
+() => {{
+  const card = document.querySelector('{selector}');
   if (!card) return;
   const box = card.getBoundingClientRect();
-  if (box.top < 0 || box.bottom > window.innerHeight) {
-    card.scrollIntoView({ behavior: 'instant', block: 'nearest' });
-  }
-}
+  if (box.top < 0 || box.top > window.innerHeight - 40) {{
+    card.scrollIntoView({{ behavior: 'instant', block: 'start' }});
+  }}
+}}
 """
+
+
 #: Turns the link's query into the full address, shows it and copies it to the clipboard.
 COPY_LINK_JS = """
 (query) => {
@@ -240,7 +246,7 @@ def table_section(ui: Components) -> None:
             ui.add("table", gr.Dataframe(
                 value=render.empty_table(), interactive=False, wrap=False, elem_id="tt-table",
                 label=f"Top {render.TABLE_ROWS} nodes by |attribution| — click a row for its "
-                "card; click a column's header to sort by it",
+                "card; sort by a column from its header",
                 max_height=520,
             ))  # fmt: skip
             ui.add("links", gr.HTML(elem_id="tt-links"))
@@ -421,7 +427,9 @@ def wire_table(ui: Components, page: Page) -> None:
         index = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
         return ui.fill(page.select(values["run"], filters_of(values), index, event.row_value))
 
-    ui["table"].select(select, views, ui.of(["panel", "selected"]), **CHEAP)
+    ui["table"].select(select, views, ui.of(["panel", "selected"]), **CHEAP).then(
+        None, None, None, js=show_js("#tt-panel"), **CHEAP
+    )
 
 
 def wire_graph(ui: Components, page: Page) -> None:
@@ -464,7 +472,7 @@ def wire_graph(ui: Components, page: Page) -> None:
         ui.inputs(["graph_run", "graph_click"], GRAPH_FIELDS),
         ui.of(["panel", "selected", "graph_card", "graph_plot"]),
         **CHEAP,
-    ).then(None, None, None, js=SHOW_CARD_JS, **CHEAP)
+    ).then(None, None, None, js=show_js("#tt-graph-card"), **CHEAP)
 
 
 def wire_checks(ui: Components, page: Page) -> None:

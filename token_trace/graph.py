@@ -174,6 +174,12 @@ class Graph:
             self.trace, kept["node_id"].tolist(), model=model, saes=saes, device=device
         )
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the flow graph with its legend and labels, drawn offline."""
+        from token_trace.notebook import graph_html
+
+        return graph_html(self)
+
     def with_labels(self, *, online: bool = False, neuronpedia: Neuronpedia | None = None) -> Graph:
         """This graph with a `label` column on its nodes and candidate nodes (see
         `token_trace.labels_for`; "" for tokens, errors, the metric and unknown features). The

@@ -173,6 +173,12 @@ class Trace:
         """`token_trace.position_totals` of this trace."""
         return position_totals(self)
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the coloured tokens and the top nodes (`token_trace.notebook`)."""
+        from token_trace.notebook import trace_html
+
+        return trace_html(self)
+
     def with_labels(self, *, online: bool = False, neuronpedia: Neuronpedia | None = None) -> Trace:
         """This trace with a `label` column: each feature's readable label ("" where none), from
         the bundled feature cards and Neuronpedia's cached explanations; with `online`, the
