@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -218,3 +219,14 @@ def test_bad_edit_sets_are_refused_clearly(model, saes, result, monkeypatch):
     counterfactual = trace(PROMPT, model, saes, baseline_text=COUNTERFACTUAL, **KWARGS)
     with pytest.raises(ValueError, match="no value at generated positions"):
         run([[Edit("1_3_*", baseline=True)]], generate=2, on=counterfactual)
+
+
+def test_concurrent_calls_never_see_each_others_edits(model, saes, result):
+    edit_sets = [[Edit("1_-1_*", scale=s)] for s in (0.0, 0.5, 2.0, 3.0)] * 3
+    alone = [intervene(result, edits, model=model, saes=saes).metric_after for edits in edit_sets]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(
+            pool.map(lambda e: intervene(result, e, model=model, saes=saes).metric_after, edit_sets)
+        )
+    assert together == pytest.approx(alone, abs=1e-6)
+    assert len(set(alone[:4])) == 4
