@@ -505,7 +505,9 @@ def wire_links(ui: Components, page: Page, demo: gr.Blocks) -> None:
         return ui.fill(page.run(request, values["shared"], filters_of(values), progress))
 
     loaded = demo.load(
-        user_errors(from_link), None, ui.of([*FORM_FIELDS, "layers", "shared", "shared_node"]),
+        user_errors(from_link),
+        None,
+        ui.of([*FORM_FIELDS, "layers", "edits", "shared", "shared_node"]),
         **PRIVATE,
     )  # fmt: skip
     loaded.success(
@@ -517,10 +519,10 @@ def wire_links(ui: Components, page: Page, demo: gr.Blocks) -> None:
 
     def link(given: dict) -> str:
         values = ui.read(given)
-        return page.link(request_of(values), values["layers"], values["selected"])
+        return page.link(request_of(values), values["layers"], values["selected"], values["edits"])
 
     ui["link_button"].click(
-        link, ui.inputs(FORM_FIELDS, ["layers", "selected"]), ui["share"], **CHEAP
+        link, ui.inputs(FORM_FIELDS, ["layers", "selected", "edits"]), ui["share"], **CHEAP
     ).then(None, ui["share"], ui["share"], js=COPY_LINK_JS, **CHEAP)
 
 

@@ -93,3 +93,16 @@ def test_the_opening_preset_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("TOKEN_TRACE_PRESET", "gpt2-xl")
     with pytest.raises(ValueError, match="TOKEN_TRACE_PRESET='gpt2-xl' is not a preset"):
         default_release(offline=False)
+
+
+def test_a_shareable_link_carries_the_edits():
+    import urllib.parse
+
+    from token_trace.app.requests import SharedLink, request_from_query, share_query
+
+    request = RequestFields(TEXT, model="ioi-demo")
+    query = share_query(request, None, "1_2_3", "1_2_3:ablate, 2_17_*:x3")
+    params = dict(urllib.parse.parse_qsl(query.lstrip("?")))
+    assert request_from_query(params) == SharedLink(request, "1_2_3", "1_2_3:ablate, 2_17_*:x3")
+    with pytest.raises(ValueError, match="the action must be"):
+        request_from_query({**params, "edits": "1_2_3:xNaN"})

@@ -224,7 +224,7 @@ class Page:
         shared = request_from_query(params)
         if shared is None:
             return {"shared_node": None, "shared": False}
-        request, node = shared
+        request, node = shared.request, shared.node
         settings = self.settings(request)
         return {
             "text": request.text,
@@ -235,14 +235,17 @@ class Page:
             "method": settings.options.method,
             "ig_steps": settings.options.ig_steps,
             "layers": list(settings.sae_ids),
+            "edits": shared.edits or "",
             "shared_node": node,
             "shared": True,
         }
 
     @staticmethod
-    def link(request: RequestFields, layers: list[str] | None, node: str | None) -> str:
-        """The query string of a shareable link to this request and selection."""
-        return share_query(request, layers, node)
+    def link(
+        request: RequestFields, layers: list[str] | None, node: str | None, edits: str = ""
+    ) -> str:
+        """The query string of a shareable link to this request, selection and edits."""
+        return share_query(request, layers, node, edits)
 
     def example_rows(self) -> list[list[str]]:
         """The examples as the example table's rows (`EXAMPLE_FIELDS` order)."""

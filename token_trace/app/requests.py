@@ -290,12 +290,29 @@ def make_settings(
 
 # --------------------------------------------------------------------------- shareable links
 
-#: Query parameters of a shareable link: every request field, and the selected node's id.
-NODE_PARAMETER = "node"
+#: Query parameters of a shareable link: every request field, the selected node's id, and the
+#: "What if" panel's edits.
+NODE_PARAMETER, EDITS_PARAMETER = "node", "edits"
+LINK_PARAMETERS = (*REQUEST_FIELDS, NODE_PARAMETER, EDITS_PARAMETER)
 
 
-def share_query(request: RequestFields, layers: Sequence[str] | None, node: str | None) -> str:
-    """The query string (`?text=...`) that reopens this request, with its selected node.
+@dataclass(frozen=True)
+class SharedLink:
+    """What a shareable link holds: the request, the selected node, the edits (checked)."""
+
+    request: RequestFields
+    node: str | None = None
+    edits: str | None = None
+
+
+def share_query(
+    request: RequestFields,
+    layers: Sequence[str] | None,
+    node: str | None,
+    edits: str | None = None,
+) -> str:
+    """The query string (`?text=...`) that reopens this request, with its selected node and
+    its edits.
 
     Fields left at their defaults are omitted, and so are the layers when all are chosen.
     """
@@ -313,21 +330,23 @@ def share_query(request: RequestFields, layers: Sequence[str] | None, node: str 
         values["ig_steps"] = int(values["ig_steps"])
     if node:
         values[NODE_PARAMETER] = node
+    if edits and edits.strip():
+        values[EDITS_PARAMETER] = edits.strip()
     return "?" + urllib.parse.urlencode(values) if values else ""
 
 
-def request_from_query(params: Mapping[str, str]) -> tuple[RequestFields, str | None] | None:
-    """The request a shareable link holds, and its selected node; None for a link without one.
+def request_from_query(params: Mapping[str, str]) -> SharedLink | None:
+    """What a shareable link holds; None for a link without a request.
 
     Unknown parameters and bad values are errors with the form's own messages.
     """
     if not params:
         return None
-    unknown = sorted(set(params) - {*REQUEST_FIELDS, NODE_PARAMETER})
+    unknown = sorted(set(params) - set(LINK_PARAMETERS))
     if unknown:
         raise ValueError(
             f"The link has settings this app does not know: {', '.join(map(repr, unknown))}; "
-            f"it knows {', '.join((*REQUEST_FIELDS, NODE_PARAMETER))}."
+            f"it knows {', '.join(LINK_PARAMETERS)}."
         )
     values: dict[str, object] = {name: params[name] for name in REQUEST_FIELDS if name in params}
     if "ig_steps" in values:
@@ -339,7 +358,10 @@ def request_from_query(params: Mapping[str, str]) -> tuple[RequestFields, str | 
             ) from error
     request = RequestFields(**{"text": "", **values})
     make_settings(request)  # the form's checks and messages
-    return request, params.get(NODE_PARAMETER) or None
+    edits = params.get(EDITS_PARAMETER) or None
+    if edits is not None:
+        parse_edits(edits)  # the panel's checks and messages
+    return SharedLink(request, params.get(NODE_PARAMETER) or None, edits)
 
 
 # --------------------------------------------------------------------------- examples
