@@ -23,6 +23,7 @@ from token_trace.app import render
 from token_trace.app.api import add_endpoints
 from token_trace.app.page import (
     DEFAULT_VERIFY_NODES,
+    EXAMPLE_FIELDS,
     FAITH_OUTPUTS,
     FILTERED_OUTPUTS,
     FORM_FIELDS,
@@ -207,7 +208,7 @@ def form_section(ui: Components, page: Page) -> None:
                     elem_id="tt-share", scale=3,
                 ))  # fmt: skip
     ui.add("examples", gr.Dataset(
-        components=ui.of(page.EXAMPLE_FIELDS),
+        components=ui.of(EXAMPLE_FIELDS),
         samples=page.example_rows(),
         type="index",
         label="Examples — click one to run it",
@@ -393,7 +394,7 @@ def wire_run(ui: Components, page: Page) -> None:
         .click(
             lambda index: ui.fill(page.example(index)),
             ui["examples"],
-            ui.of([*page.EXAMPLE_FIELDS, "method", *FILTER_FIELDS]),
+            ui.of([*EXAMPLE_FIELDS, "method", *FILTER_FIELDS]),
             **PRIVATE,
         )
         .then(user_errors(run_example), ui.inputs(FORM_FIELDS), ui.of(OUTPUTS), **PRIVATE)

@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 
 from token_trace.colors import NEGATIVE, NEUTRAL, POSITIVE, signed_colour
 from token_trace.hook_names import short_label
+from token_trace.nodes import error_share
 
 SYMBOLS = {"feature": "circle", "error": "x", "embedding": "square", "metric": "star"}
 KINDS = {
@@ -62,10 +63,7 @@ class Shown:
 
     @property
     def error_share(self) -> float:
-        sae = self.nodes[self.nodes["node_type"].isin(["feature", "error"])]
-        total = float(sae["influence"].sum())
-        errors = float(sae.loc[sae["node_type"] == "error", "influence"].sum())
-        return errors / total if total > 0 else 0.0
+        return error_share(self.nodes)
 
 
 def shown(graph: GraphLike, show_errors: bool = True) -> Shown:

@@ -46,7 +46,7 @@ from token_trace.hooks import hooked, model_lock
 from token_trace.metrics import target_probability
 from token_trace.neuronpedia_upload import UPLOAD_TIMEOUT
 from token_trace.node_refs import node_ids
-from token_trace.nodes import COLUMNS, LABEL_COLUMN
+from token_trace.nodes import COLUMNS, LABEL_COLUMN, error_share
 from token_trace.options import (
     DEFAULT_EDGE_THRESHOLD,
     DEFAULT_MAX_NODES,
@@ -120,10 +120,7 @@ class Graph:
     def error_share(self) -> float:
         """Share of the kept SAE nodes' influence carried by error nodes: how much of the flow
         the SAEs leave unexplained."""
-        sae_nodes = self.nodes[self.nodes["node_type"].isin(["feature", "error"])]
-        total = float(sae_nodes["influence"].sum())
-        errors = float(sae_nodes.loc[sae_nodes["node_type"] == "error", "influence"].sum())
-        return errors / total if total > 0 else 0.0
+        return error_share(self.nodes)
 
     def prune(
         self,

@@ -124,6 +124,15 @@ def node_frame(
     return node_table(hook_index[order], position[order], feature[order], values, saes, tokens)
 
 
+def error_share(nodes: pd.DataFrame) -> float:
+    """Share of the SAE nodes' `influence` carried by error nodes: how much of a graph's flow the
+    SAEs leave unexplained (0 when nothing carries influence)."""
+    sae_nodes = nodes[nodes["node_type"].isin(["feature", "error"])]
+    total = float(sae_nodes["influence"].sum())
+    errors = float(sae_nodes.loc[sae_nodes["node_type"] == "error", "influence"].sum())
+    return errors / total if total > 0 else 0.0
+
+
 def _table_and_bos(nodes: NodeSource | pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
     """A trace's table and BOS position; for a bare DataFrame from `compute_node_attribution`,
     the BOS position its `attrs` carry (the one place the library still reads them)."""

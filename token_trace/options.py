@@ -221,11 +221,11 @@ def split_options(
 # --------------------------------------------------------------------------- command line
 
 
-def add_arguments(parser: argparse.ArgumentParser, record: type, skip: Sequence[str] = ()) -> None:
+def add_arguments(parser: argparse.ArgumentParser, record: type) -> None:
     """One flag per field of `record` that has help, with its default, type and choices."""
     hints = typing.get_type_hints(record)
     for spec in fields(record):
-        if spec.name in skip or "help" not in spec.metadata:
+        if "help" not in spec.metadata:
             continue
         meta = spec.metadata
         flags = [meta.get("flag") or "--" + spec.name.replace("_", "-"), *meta.get("aliases", ())]

@@ -34,6 +34,7 @@ from token_trace.nodes import (
     position_totals,
     top_nodes,
 )
+from token_trace.options import Baseline, Method
 
 if TYPE_CHECKING:
     from token_trace.explanations import Neuronpedia
@@ -126,11 +127,11 @@ class Trace:
     """In the run's order (the order the SAEs were given; by depth for releases)."""
     model: str
     """The model's name."""
-    method: str
+    method: Method
     """`atp` (attribution patching) or `ig` (integrated gradients)."""
     ig_steps: int | None
     """Integrated-gradient steps; None for AtP."""
-    baseline: str
+    baseline: Baseline
     """`zero` (nodes ablated to 0) or `counterfactual` (patched to their counterfactual value)."""
     counterfactual: str | None
     """The counterfactual prompt, when given as text."""

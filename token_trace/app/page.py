@@ -104,8 +104,6 @@ class Filters:
 class Page:
     """The handlers of one deployment (offline or not, its token cap, its examples)."""
 
-    EXAMPLE_FIELDS = EXAMPLE_FIELDS
-
     def __init__(
         self,
         offline: bool,
