@@ -32,11 +32,14 @@ sys.path.insert(0, str(ROOT))
 
 from token_trace import faithfulness_curve, graph_from_trace, loading, trace  # noqa: E402
 from token_trace.circuit import smallest_faithful  # noqa: E402
+from token_trace.options import GraphOptions  # noqa: E402
 
 SIZES = (5, 10, 20, 50, 100, 150, 200, 300, 400, 500, 1000, "all")
+DEFAULT = GraphOptions()
 #: Graph settings (max_nodes, node_threshold, edge_threshold, baseline_sources) whose kept nodes
-#: are checked; the first is `compute_graph`'s default.
+#: are checked; the first is `compute_graph`'s default, the second the default before it.
 PRUNINGS = (
+    (DEFAULT.max_nodes, DEFAULT.node_threshold, DEFAULT.edge_threshold, DEFAULT.baseline_sources),
     (200, 0.8, 0.98, False),
     (None, 0.8, 0.98, False),
     (None, 0.9, 0.98, False),
@@ -47,7 +50,8 @@ PRUNINGS = (
     (None, 0.8, 0.98, True),
     (None, 0.9, 0.98, True),
     (None, 0.95, 0.99, True),
-    (500, 0.9, 0.98, True),
+    (300, 0.9, 0.98, True),
+    (500, 0.95, 0.98, True),
     (500, 0.95, 0.99, True),
     (1000, 0.9, 0.98, True),
 )

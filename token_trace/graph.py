@@ -27,7 +27,7 @@ this layered graph.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ from token_trace.neuronpedia_upload import UPLOAD_TIMEOUT
 from token_trace.node_refs import node_ids
 from token_trace.nodes import COLUMNS, LABEL_COLUMN, error_share
 from token_trace.options import (
+    DEFAULT_BASELINE_SOURCES,
     DEFAULT_EDGE_THRESHOLD,
     DEFAULT_MAX_NODES,
     DEFAULT_MODEL,
@@ -114,7 +115,7 @@ class Graph:
     max_nodes: int | None
     node_threshold: float | None
     edge_threshold: float | None
-    baseline_sources: bool = False
+    baseline_sources: bool = DEFAULT_BASELINE_SOURCES
 
     @property
     def error_share(self) -> float:
@@ -127,24 +128,31 @@ class Graph:
         node_threshold: float | None,
         edge_threshold: float | None,
         *,
-        baseline_sources: bool = False,
+        baseline_sources: bool | None = None,
+        keep: Collection[str] = (),
     ) -> Graph:
         """The same graph pruned at other thresholds (None keeps all); no recomputation.
 
         Pruning drops features that nothing kept feeds. A feature active only on the
         counterfactual has no incoming edge at all (its encoder's derivative at the clean
         activation is 0), yet its switching on is part of the effect, like a token's change:
-        `baseline_sources=True` keeps such features as sources. On the bundled model's IOI
-        prompts with names swapped this took the kept nodes' faithfulness (every other node at
-        its counterfactual value) from about 0 to 0.88 at node_threshold 0.9
-        (benchmarks/bench_faithfulness.py).
+        `baseline_sources=True` (the default, `GraphOptions`; None: as this graph was pruned)
+        keeps such features as sources. On the bundled model's IOI prompts with names swapped
+        this took the kept nodes' faithfulness (every other node at its counterfactual value)
+        from about 0 to 0.88 at node_threshold 0.9 (benchmarks/bench_faithfulness.py).
+
+        `keep`: node ids kept whatever their influence (pinned nodes), each one of the graph's
+        candidate nodes (a ValueError names any other).
         """
+        if baseline_sources is None:
+            baseline_sources = self.baseline_sources
         nodes, edges = _pruned(
             self.candidate_nodes,
             self.candidate_edges,
             node_threshold,
             edge_threshold,
             baseline_sources,
+            self._candidates_named(keep),
         )
         return replace(
             self,
@@ -154,6 +162,17 @@ class Graph:
             edge_threshold=edge_threshold,
             baseline_sources=baseline_sources,
         )
+
+    def _candidates_named(self, node_ids: Collection[str]) -> np.ndarray:
+        """A mask over the candidate nodes of `node_ids`, every one of which must be there."""
+        known = self.candidate_nodes["node_id"]
+        missing = sorted(set(node_ids) - set(known))
+        if missing:
+            raise ValueError(
+                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}: not among this "
+                f"graph's {len(known)} computed nodes (compute more with a larger max_nodes)."
+            )
+        return known.isin(list(node_ids)).to_numpy()
 
     def faithfulness(
         self,
@@ -263,6 +282,7 @@ def compute_graph(
     max_nodes: int | None = DEFAULT_MAX_NODES,
     node_threshold: float | None = DEFAULT_NODE_THRESHOLD,
     edge_threshold: float | None = DEFAULT_EDGE_THRESHOLD,
+    baseline_sources: bool = DEFAULT_BASELINE_SOURCES,
     device: str | None = None,
     sae_dtype: SAEDtype = "float32",
     baseline_text: TextOrTokens | None = None,
@@ -271,12 +291,13 @@ def compute_graph(
 
     Arguments as `token_trace.trace`; `max_nodes` keeps the nodes of largest |attribution|
     (features and errors; None keeps all) before any edge is computed, and the thresholds prune
-    by influence on the metric (None switches that pruning off).
+    by influence on the metric (None switches that pruning off); `baseline_sources` as
+    `Graph.prune`.
     """
     prompt = PromptSpec(text, answer, contrast, either(counterfactual, baseline_text))
     options = TraceOptions(metric=metric, device=device, sae_dtype=sae_dtype)
-    return graph_of(prompt, resolve(model, saes, options), options,
-                    GraphOptions(max_nodes, node_threshold, edge_threshold))  # fmt: skip
+    chosen = GraphOptions(max_nodes, node_threshold, edge_threshold, baseline_sources)
+    return graph_of(prompt, resolve(model, saes, options), options, chosen)
 
 
 def graph_of(
@@ -296,11 +317,12 @@ def graph_from_trace(
     max_nodes: int | None = DEFAULT_MAX_NODES,
     node_threshold: float | None = DEFAULT_NODE_THRESHOLD,
     edge_threshold: float | None = DEFAULT_EDGE_THRESHOLD,
+    baseline_sources: bool = DEFAULT_BASELINE_SOURCES,
     device: str | None = None,
 ) -> Graph:
     """The graph of a finished attribution-patching trace (see the module docstring): the
     model is run again on the trace's inputs to capture what the edges need."""
-    options = GraphOptions(max_nodes, node_threshold, edge_threshold)
+    options = GraphOptions(max_nodes, node_threshold, edge_threshold, baseline_sources)
     _check_graphable(result)
     model, saes = model_and_saes(result, model, saes, device)
     return _graph(result, capture(result, model, saes), model, saes, options)
@@ -347,8 +369,9 @@ def _graph(
     all_edges = _edge_table(pd.concat(edges, ignore_index=True), candidates)
     candidates = candidates.assign(influence=_influence(candidates, all_edges))
     nodes, kept_edges = _pruned(
-        candidates, all_edges, options.node_threshold, options.edge_threshold
-    )
+        candidates, all_edges, options.node_threshold, options.edge_threshold,
+        options.baseline_sources,
+    )  # fmt: skip
     return Graph(
         trace=result,
         nodes=nodes,
@@ -358,6 +381,7 @@ def _graph(
         max_nodes=options.max_nodes,
         node_threshold=options.node_threshold,
         edge_threshold=options.edge_threshold,
+        baseline_sources=options.baseline_sources,
     )
 
 
@@ -803,12 +827,15 @@ def _pruned(
     edges: pd.DataFrame,
     node_threshold: float | None,
     edge_threshold: float | None,
-    baseline_sources: bool = False,
+    baseline_sources: bool,
+    pinned: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Nodes, then edges, by influence; then drop SAE nodes left without outgoing edges and
     features left without incoming ones (but, with `baseline_sources`, those off on the clean
-    prompt), until nothing changes. Tokens and metric always stay."""
+    prompt), until nothing changes. Tokens, the metric and the `pinned` mask's nodes stay."""
     fixed = nodes["node_type"].isin(["embedding", "metric"]).to_numpy()
+    if pinned is not None:
+        fixed = fixed | pinned
     influence = nodes["influence"].to_numpy()
     keep = np.ones(len(nodes), dtype=bool)
     if node_threshold is not None:

@@ -138,8 +138,8 @@ def trace(
             `[batch, pos, d_vocab]` to one value per batch row.
         method: "atp" (attribution patching, one forward and one backward pass) or "ig"
             (integrated gradients per SAE layer, `ig_steps` steps).
-        ig_rule: IG's quadrature over the path: "riemann" (the left sum of Sparse Feature
-            Circuits) or "gauss-legendre" (`ig_steps` Gauss-Legendre points).
+        ig_rule: IG's quadrature over the path: "gauss-legendre" (default, `ig_steps` points)
+            or "riemann" (the left sum of Sparse Feature Circuits, `ig_steps - 1` passes).
         device: where to load named models and SAEs (CUDA when present by default).
         sae_dtype: "bfloat16" or "float16" loads named SAEs at half precision (half the memory,
             faster encodes on a GPU); only the encodes run in it.
@@ -302,6 +302,7 @@ def _trace_record(
         baseline_token_ids=None if baseline_tokens is None else tuple(baseline_tokens[0].tolist()),
         top_predictions=_top_predictions(loaded.model, result.last_logits),
         warnings=(*notes, *_answer_warnings(loaded.model, spec, prompt, result)),
+        ig_rule=options.ig_rule if options.method == "ig" else None,
     )
 
 

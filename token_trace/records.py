@@ -34,7 +34,7 @@ from token_trace.nodes import (
     position_totals,
     top_nodes,
 )
-from token_trace.options import Baseline, Method
+from token_trace.options import Baseline, IGRule, Method
 
 if TYPE_CHECKING:
     from token_trace.explanations import Neuronpedia
@@ -141,6 +141,8 @@ class Trace:
     """The model's most likely next tokens after the last position, most likely first."""
     warnings: tuple[str, ...] = field(default=())
     """Things a reader should know before trusting the result (e.g. unknown words)."""
+    ig_rule: IGRule | None = None
+    """Integrated gradients' quadrature rule (`riemann` or `gauss-legendre`); None for AtP."""
 
     # ------------------------------------------------------------------ reading
 
@@ -205,6 +207,7 @@ class Trace:
             "saes": [sae.sae_id for sae in self.saes],
             "method": self.method,
             "ig_steps": self.ig_steps,
+            "ig_rule": self.ig_rule,
             "baseline": self.baseline,
             "hook_names": self.hook_names,
             "tokens": list(self.prompt.tokens),
@@ -338,4 +341,6 @@ def _from_parts(meta: Mapping[str, Any], columns: Mapping[str, Sequence[Any]]) -
         baseline_token_ids=None if baseline_ids is None else tuple(baseline_ids),
         top_predictions=tuple(Prediction(**p) for p in meta["top_predictions"]),
         warnings=tuple(meta["warnings"]),
+        # Files written before the rule was recorded: their IG traces used the Riemann sum.
+        ig_rule=meta.get("ig_rule", "riemann" if meta["method"] == "ig" else None),
     )

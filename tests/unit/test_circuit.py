@@ -165,15 +165,18 @@ def test_bad_requests_are_refused_clearly(model, saes):
 
 
 def test_pruning_can_keep_features_switched_on_by_the_counterfactual(model, saes):
-    """Features active only on the counterfactual have no incoming edge; by default pruning
-    drops them, with `baseline_sources=True` it keeps them and drops nothing else more."""
+    """Features active only on the counterfactual have no incoming edge; with
+    `baseline_sources=False` pruning drops them, with True (the default) it keeps them and
+    drops nothing else more."""
     result = _trace(model, saes, COUNTERFACTUAL)
     graph = graph_from_trace(
         result, model=model, saes=saes, max_nodes=None, node_threshold=None, edge_threshold=None
     )
-    default = graph.prune(0.9, None)
+    assert graph.baseline_sources and graph.prune(0.9, None).baseline_sources
+    default = graph.prune(0.9, None, baseline_sources=False)
     sources = graph.prune(0.9, None, baseline_sources=True)
     assert sources.baseline_sources and not default.baseline_sources
+    assert not default.prune(0.9, None).baseline_sources  # re-pruning keeps the graph's choice
     assert set(default.nodes["node_id"]) < set(sources.nodes["node_id"])
     added = sources.nodes[~sources.nodes["node_id"].isin(default.nodes["node_id"])]
     switched_on = added[(added["node_type"] == "feature") & (added["activation"] == 0)]

@@ -13,7 +13,7 @@ import pytest
 from token_trace import options
 from token_trace.datasets.command import parse_args as dataset_args
 from token_trace.datasets.command import settings_of
-from token_trace.options import GraphOptions, PromptSpec, TraceOptions
+from token_trace.options import DEFAULT_MAX_NODES, GraphOptions, PromptSpec, TraceOptions
 
 PACKAGE = Path(__file__).resolve().parents[2] / "token_trace"
 
@@ -123,6 +123,6 @@ def test_help_names_each_default_once():
         [sys.executable, "-m", "token_trace.cli", "--help"], capture_output=True, text=True
     )
     assert "(default: None)" not in done.stdout
-    assert done.stdout.count("(default: 200)") == 1
+    assert done.stdout.count(f"(default: {DEFAULT_MAX_NODES})") == 1
     method_help = done.stdout.split("\n  --method")[1].split("\n  --")[0]
     assert "integrated gradients" in method_help

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -40,7 +41,17 @@ def test_trace_fields_describe_the_run(model, saes):
     assert [sae.layer for sae in result.saes] == [0, 1, 2]
     assert result.saes[0].feature_url(7) == "https://www.neuronpedia.org/tiny-test/0-res/7"
     assert result.method == "atp" and result.ig_steps is None and result.baseline == "zero"
+    assert result.ig_rule is None
     assert len(result.top_predictions) == 10 and result.warnings == ()
+
+
+def test_an_ig_trace_records_its_rule_and_old_files_read_as_riemann(model, saes):
+    rule = "gauss-legendre"
+    result = trace(PROMPT, model, saes, method="ig", ig_steps=2, ig_rule=rule)
+    assert result.ig_rule == rule and result.attrs()["ig_rule"] == rule
+    old = json.loads(result.to_json())
+    del old["ig_rule"]  # written before the rule was recorded
+    assert Trace.from_json(json.dumps(old)).ig_rule == "riemann"
 
 
 @pytest.mark.parametrize(
@@ -48,6 +59,7 @@ def test_trace_fields_describe_the_run(model, saes):
     [
         {"answer": " Mary"},
         {"answer": " Mary", "contrast": " John", "method": "ig", "ig_steps": 3},
+        {"answer": " Mary", "method": "ig", "ig_steps": 2, "ig_rule": "gauss-legendre"},
         {"baseline_text": "When Mary and John went to the store , Mary gave a book to"},
         {"metric": "loss"},
     ],

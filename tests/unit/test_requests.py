@@ -17,13 +17,14 @@ from token_trace.app.requests import (
     load_examples,
     make_settings,
 )
+from token_trace.options import DEFAULT_IG_STEPS
 
 TEXT = "When Mary and John went to the store, John gave a drink to"
 
 
 def test_ig_steps_are_checked_only_for_ig():
     atp = make_settings(RequestFields(TEXT, model="ioi-demo", ig_steps=0))
-    assert atp.method == "atp" and atp.ig_steps == 10
+    assert atp.method == "atp" and atp.ig_steps == DEFAULT_IG_STEPS
     assert (
         make_settings(RequestFields(TEXT, model="ioi-demo", method="ig", ig_steps=3)).ig_steps == 3
     )
