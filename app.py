@@ -28,7 +28,6 @@ from token_trace.app.page import (
     FILTERED_OUTPUTS,
     FORM_FIELDS,
     GRAPH_OUTPUTS,
-    MAX_GRAPH_NODES,
     OUTPUTS,
     VERIFY_OUTPUTS,
     Filters,
@@ -37,11 +36,14 @@ from token_trace.app.page import (
 )
 from token_trace.app.requests import (
     EDITS_HELP,
+    MAX_GRAPH_NODES,
     MAX_IG_STEPS,
+    PINS_HELP,
     PRESET_ENV,
     RequestFields,
     max_generate_from_env,
     max_tokens_from_env,
+    parse_pins,
 )
 from token_trace.app.service import Service, preload, user_errors
 from token_trace.app.theme import CSS
@@ -62,7 +64,9 @@ THEME = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
 PRIVATE = {"api_visibility": "private"}
 CHEAP = {"concurrency_limit": None, **PRIVATE}
 FILTER_FIELDS = ("features_only", "hide_bos", "query")
-GRAPH_FIELDS = ("max_nodes", "node_threshold", "edge_threshold", "show_errors")
+GRAPH_FIELDS = (
+    "max_nodes", "node_threshold", "edge_threshold", "show_errors", "pinned", "pinned_only",
+)  # fmt: skip
 #: Plotly's clicks on the flow graph go to the hidden `tt-graph-click` box (Gradio's Plot has no
 #: click event): the clicked node's id is written there and the hidden button pressed.
 CLICK_JS = """
@@ -71,9 +75,20 @@ CLICK_JS = """
     document.querySelectorAll('#tt-graph .js-plotly-plot').forEach((plot) => {
       if (plot.ttBound || !plot.on) return;
       plot.ttBound = true;
+      // A new figure opens scrolled to its focus (the prediction with the title and legend, or
+      // the pinned nodes); one redrawn by a click keeps where the reader had scrolled to.
+      // The figure's `meta.focus` is the span, in its pixels, the reader should see first.
+      const frame = document.querySelector('#tt-graph');
+      if (frame) {
+        const [left, right] = (plot.layout.meta && plot.layout.meta.focus) || [0, 0];
+        const start = Math.max(0, Math.min(left, right - frame.clientWidth));
+        frame.scrollLeft = frame.ttKeep === undefined ? start : frame.ttKeep;
+        frame.ttKeep = undefined;
+      }
       plot.on('plotly_click', (event) => {
         const point = event.points && event.points[0];
         if (!point || point.customdata === undefined) return;
+        if (frame) frame.ttKeep = frame.scrollLeft;
         const box = document.querySelector('#tt-graph-click textarea, #tt-graph-click input');
         box.value = String(point.customdata);
         box.dispatchEvent(new Event('input', { bubbles: true }));
@@ -154,7 +169,10 @@ def filters_of(values: dict[str, Any]) -> Filters:
 
 
 def choice_of(values: dict[str, Any]) -> GraphChoice:
-    return GraphChoice(values["node_threshold"], values["edge_threshold"], values["show_errors"])
+    return GraphChoice(
+        values["node_threshold"], values["edge_threshold"], values["show_errors"],
+        parse_pins(values["pinned"]), bool(values["pinned_only"]),
+    )  # fmt: skip
 
 
 def layer_choices(release: str) -> gr.CheckboxGroup:
@@ -303,9 +321,22 @@ def graph_section(ui: Components) -> None:
                 ui.add("graph_plot", gr.Plot(label="Flow graph", elem_id="tt-graph"))
             with gr.Column(scale=1, min_width=260):
                 ui.add("graph_card", gr.HTML(render.GRAPH_CARD_HINT, elem_id="tt-graph-card"))
+                ui.add("pin_button", gr.Button("Pin / unpin this node", size="sm",
+                                               elem_id="tt-pin"))  # fmt: skip
+                ui.add("pinned_only", gr.Checkbox(
+                    label="Show only the pinned subgraph", value=False, elem_id="tt-pinned-only"
+                ))  # fmt: skip
+        ui.add("pinned", gr.Textbox(label="Pinned nodes", info=PINS_HELP, elem_id="tt-pinned"))
         with gr.Row():
             ui.add("graph_file", gr.DownloadButton("Graph (Neuronpedia JSON)", size="sm"))
             gr.HTML(render.NEURONPEDIA_NOTE)
+        with gr.Accordion("Upload the graph to Neuronpedia", open=False):
+            ui.add("upload_key", gr.Textbox(
+                label="Your Neuronpedia API key", type="password", info=render.UPLOAD_KEY_NOTE,
+                elem_id="tt-upload-key",
+            ))  # fmt: skip
+            ui.add("upload_button", gr.Button("Upload", size="sm", elem_id="tt-upload"))
+            ui.add("upload_result", gr.HTML(elem_id="tt-upload-result"))
         with gr.Row():
             ui.add("faith_button", gr.Button("How faithful is this graph?", size="sm",
                                              elem_id="tt-faith-run"))  # fmt: skip
@@ -327,6 +358,8 @@ def what_if_section(ui: Components) -> None:
             ui.add("edit_value", gr.Number(value=2.0, label="k or v (scale, set)"))
             ui.add("edit_everywhere", gr.Checkbox(label="At every position", value=False))
             ui.add("edit_add", gr.Button("Add the selected node", size="sm", elem_id="tt-edit-add"))
+            ui.add("edit_pinned", gr.Button("Add the pinned nodes", size="sm",
+                                            elem_id="tt-edit-pinned"))  # fmt: skip
         ui.add("edits", gr.Textbox(label="Edits", info=EDITS_HELP, elem_id="tt-edits"))
         with gr.Row():
             ui.add("generate", gr.Slider(0, 32, value=8, step=1, label="Tokens to generate"))
@@ -340,11 +373,17 @@ def what_if_section(ui: Components) -> None:
 def wire_what_if(ui: Components, page: Page) -> None:
     def add(given: dict) -> str:
         v = ui.read(given)
-        return page.add_edit(v["edits"], v["selected"], v["edit_action"], v["edit_value"],
-                             v["edit_everywhere"])  # fmt: skip
+        return page.add_edits(v["edits"], [v["selected"]], v["edit_action"], v["edit_value"],
+                              v["edit_everywhere"])  # fmt: skip
 
-    fields = ["edits", "selected", "edit_action", "edit_value", "edit_everywhere"]
+    def add_pinned(given: dict) -> str:
+        v = ui.read(given)
+        return page.add_edits(v["edits"], parse_pins(v["pinned"]), v["edit_action"],
+                              v["edit_value"], v["edit_everywhere"])  # fmt: skip
+
+    fields = ["edits", "selected", "pinned", "edit_action", "edit_value", "edit_everywhere"]
     ui["edit_add"].click(user_errors(add), ui.inputs(fields), ui["edits"], **CHEAP)
+    ui["edit_pinned"].click(user_errors(add_pinned), ui.inputs(fields), ui["edits"], **CHEAP)
 
     def run(given: dict, progress: Any = gr.Progress()) -> dict:  # noqa: B008
         v = ui.read(given)
@@ -455,11 +494,34 @@ def wire_graph(ui: Components, page: Page) -> None:
         return ui.fill(page.redraw(values["graph_run"], choice_of(values)))
 
     gr.on(
-        [ui["node_threshold"].release, ui["edge_threshold"].release, ui["show_errors"].input],
-        redraw,
+        [ui["node_threshold"].release, ui["edge_threshold"].release, ui["show_errors"].input,
+         ui["pinned"].submit, ui["pinned_only"].input],
+        user_errors(redraw),
         ui.inputs(["graph_run"], GRAPH_FIELDS),
         ui.of(GRAPH_OUTPUTS),
         **CHEAP,
+    )  # fmt: skip
+
+    def pin(given: dict) -> dict:
+        values = ui.read(given)
+        return ui.fill(page.pin(values["graph_run"], values["selected"], choice_of(values)))
+
+    ui["pin_button"].click(
+        user_errors(pin),
+        ui.inputs(["graph_run", "selected"], GRAPH_FIELDS),
+        ui.of(["pinned", *GRAPH_OUTPUTS]),
+        **CHEAP,
+    )
+
+    def upload(given: dict) -> str:
+        values = ui.read(given)
+        return page.upload(values["graph_run"], choice_of(values), values["upload_key"])
+
+    ui["upload_button"].click(
+        user_errors(upload),
+        ui.inputs(["graph_run", "upload_key"], GRAPH_FIELDS),
+        ui["upload_result"],
+        **PRIVATE,
     )
 
     def click(given: dict) -> dict:
@@ -469,7 +531,7 @@ def wire_graph(ui: Components, page: Page) -> None:
         )
 
     ui["graph_click_go"].click(
-        click,
+        user_errors(click),
         ui.inputs(["graph_run", "graph_click"], GRAPH_FIELDS),
         ui.of(["panel", "selected", "graph_card", "graph_plot"]),
         **CHEAP,
@@ -505,26 +567,36 @@ def wire_links(ui: Components, page: Page, demo: gr.Blocks) -> None:
         request = request_of(values)
         return ui.fill(page.run(request, values["shared"], filters_of(values), progress))
 
-    loaded = demo.load(
-        user_errors(from_link),
-        None,
-        ui.of([*FORM_FIELDS, "layers", "edits", "shared", "shared_node"]),
-        **PRIVATE,
-    )  # fmt: skip
+    def graph_shared(given: dict, progress: Any = gr.Progress()) -> dict:  # noqa: B008
+        values = ui.read(given)
+        if values["shared"] is None or not values["pinned"].strip():  # no pins: no graph
+            return {component: gr.skip() for component in ui.of(["graph_run", *GRAPH_OUTPUTS])}
+        return ui.fill(page.graph(request_of(values), values["shared"], values["max_nodes"],
+                                  choice_of(values), progress))  # fmt: skip
+
+    shared = ["layers", "edits", "pinned", "max_nodes", "shared", "shared_node"]
+    loaded = demo.load(user_errors(from_link), None, ui.of([*FORM_FIELDS, *shared]), **PRIVATE)
     loaded.success(
         user_errors(run_shared),
         ui.inputs(FORM_FIELDS, ["shared"], FILTER_FIELDS),
         ui.of(OUTPUTS),
         **PRIVATE,
-    ).success(page.open_node, ui.of(["run", "shared_node"]), ui["panel"], **PRIVATE)
+    ).success(page.open_node, ui.of(["run", "shared_node"]), ui["panel"], **PRIVATE).success(
+        user_errors(graph_shared),
+        ui.inputs(FORM_FIELDS, ["shared"], GRAPH_FIELDS),
+        ui.of(["graph_run", *GRAPH_OUTPUTS]),
+        **PRIVATE,
+    )
 
     def link(given: dict) -> str:
         values = ui.read(given)
-        return page.link(request_of(values), values["layers"], values["selected"], values["edits"])
+        return page.link(request_of(values), values["layers"], values["selected"],
+                         values["edits"], values["pinned"], values["max_nodes"])  # fmt: skip
 
-    ui["link_button"].click(
-        link, ui.inputs(FORM_FIELDS, ["layers", "selected", "edits"]), ui["share"], **CHEAP
-    ).then(None, ui["share"], ui["share"], js=COPY_LINK_JS, **CHEAP)
+    fields = ["layers", "selected", "edits", "pinned", "max_nodes"]
+    ui["link_button"].click(link, ui.inputs(FORM_FIELDS, fields), ui["share"], **CHEAP).then(
+        None, ui["share"], ui["share"], js=COPY_LINK_JS, **CHEAP
+    )
 
 
 def build(page: Page) -> gr.Blocks:

@@ -4,14 +4,17 @@ Positions run left to right and SAE layers bottom to top (the prompt's tokens be
 top). The nodes of one (layer, position) cell are laid out on a small grid inside the cell, and the
 figure is made wide and tall enough that no two markers overlap: a long prompt gives a wide figure
 that scrolls sideways rather than one that squeezes. A legend says what each shape and colour
-means; the most influential nodes carry their label beside them, and every node in its hover.
-A selected node keeps its own edges in full colour and fades the rest.
+means; the most influential nodes (one per cell) carry their label beside them, and every node
+its hover.
+A selected node keeps its own edges in full colour and fades the rest; pinned nodes are ringed,
+and can be shown on their own (the pinned subgraph, as Neuronpedia's viewer has it).
 """
 
 from __future__ import annotations
 
 import html
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,6 +42,7 @@ MIN_POSITION_PX, MIN_LAYER_PX = 44, 64
 MARGIN = {"l": 90, "r": 30, "t": 80, "b": 90}
 EDGE_BINS = 4
 FADED = 0.06
+PIN_COLOUR = "#d99a00"
 
 
 class GraphLike(Protocol):
@@ -66,9 +70,17 @@ class Shown:
         return error_share(self.nodes)
 
 
-def shown(graph: GraphLike, show_errors: bool = True) -> Shown:
-    """The graph's kept nodes and edges, without the error nodes (and their edges) if asked."""
+def shown(graph: GraphLike, show_errors: bool = True, only: Collection[str] | None = None) -> Shown:
+    """The graph's kept nodes and edges, without the error nodes (and their edges) if asked;
+    with `only`, just those nodes (the pinned subgraph) beside the tokens and the metric."""
     nodes, edges = graph.nodes, graph.edges
+    if only is not None:
+        nodes = nodes[
+            nodes["node_type"].isin(["embedding", "metric"]) | nodes["node_id"].isin(only)
+        ]
+        edges = edges[
+            edges["source"].isin(nodes["node_id"]) & edges["target"].isin(nodes["node_id"])
+        ]
     if not show_errors:
         errors = nodes.loc[nodes["node_type"] == "error", "node_id"]
         nodes = nodes[nodes["node_type"] != "error"]
@@ -138,11 +150,17 @@ def node_label(node: pd.Series | dict) -> str:
 
 
 def flow_figure(
-    graph: GraphLike, show_errors: bool = True, selected: str | None = None
+    graph: GraphLike,
+    show_errors: bool = True,
+    selected: str | None = None,
+    pinned: Collection[str] = (),
+    pinned_only: bool = False,
 ) -> go.Figure:
     """The readable flow graph (see the module docstring). Each marker carries its node id as
-    `customdata`, which the page reads on a click."""
-    view = shown(graph, show_errors)
+    `customdata`, which the page reads on a click. `pinned` nodes are ringed; `pinned_only`
+    draws them alone with the tokens and the metric."""
+    pinned = set(pinned)
+    view = shown(graph, show_errors, pinned if pinned_only else None)
     nodes, edges = view.nodes, view.edges
     placed = layout(nodes, len(graph.trace.prompt.tokens))
     place = placed.places
@@ -150,14 +168,10 @@ def flow_figure(
     fig = go.Figure()
     if len(edges):
         _add_edges(fig, edges, place, selected)
-    _add_legend(fig)  # before the nodes: the page reads the nodes off the last trace
+    _add_legend(fig, bool(pinned))  # before the nodes: the page reads them off the last trace
     size = nodes["attribution"].abs().fillna(0.0).to_numpy()
     size = 7 + (MAX_MARKER - 7) * np.sqrt(size / size.max()) if size.max() > 0 else 10.0
-    labelled = set(
-        nodes[nodes["node_type"].isin(["feature", "error"])].nlargest(N_LABELLED, "influence")[
-            "node_id"
-        ]
-    )
+    labelled = _labelled(nodes)
     records = nodes.to_dict("records")
     texts = [_text(node_label(n)[:28]) if n["node_id"] in labelled else "" for n in records]
     opacity = [1.0 if selected is None or n["node_id"] in neighbours else 0.2 for n in records]
@@ -177,19 +191,29 @@ def flow_figure(
             "symbol": [SYMBOLS[str(kind)] for kind in nodes["node_type"]],
             "opacity": opacity,
             "line": {
-                "color": ["black" if n["node_id"] == selected else "white" for n in records],
-                "width": [3 if n["node_id"] == selected else 1 for n in records],
+                "color": [_ring(n["node_id"], selected, pinned) for n in records],
+                "width": [
+                    1 if _ring(n["node_id"], selected, pinned) == "white" else 3 for n in records
+                ],
             },
         },
         showlegend=False,
     )
     _axes(fig, graph, placed)
+    what = "pinned subgraph: " if pinned_only else ""
+    pins = f" · {len(pinned)} pinned" if pinned and not pinned_only else ""
     title = (
-        f"{view.n_sae_nodes} SAE nodes, {len(edges):,} edges · error share "
-        f"{view.error_share:.0%} · click a node"
+        f"{what}{view.n_sae_nodes} SAE nodes, {len(edges):,} edges · error share "
+        f"{view.error_share:.0%}{pins} · click a node"
     )
+    # Title and legend sit at the right end, beside the metric: a wide graph opens scrolled there
+    # (the page scrolls its frame to `meta.focus`, in figure pixels: the metric, or the pins).
+    focus = place.loc[list(pinned & set(nodes["node_id"])) if pinned_only else [], "x"]
+    right = placed.width + MARGIN["l"] + MARGIN["r"]
+    left = float(focus.min()) + MARGIN["l"] if len(focus) else right - MARGIN["r"] - SLOT_PX
     fig.update_layout(
-        title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}},
+        meta={"focus": [left - SLOT_PX, right]},
+        title={"text": title, "x": 1, "xanchor": "right", "font": {"size": 14}},
         template="plotly_white",
         width=placed.width + MARGIN["l"] + MARGIN["r"],
         height=placed.height + MARGIN["t"] + MARGIN["b"],
@@ -197,9 +221,32 @@ def flow_figure(
         hovermode="closest",
         clickmode="event",
         dragmode="pan",
-        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom", "font": {"size": 11}},
+        legend={
+            "orientation": "h",
+            "x": 1,
+            "xanchor": "right",
+            "y": 1.0,
+            "yanchor": "bottom",
+            "font": {"size": 11},
+        },
     )
     return fig
+
+
+def _labelled(nodes: pd.DataFrame) -> set[str]:
+    """The SAE nodes whose label is written beside them: the most influential one of each
+    (layer, position) cell, for the `N_LABELLED` most influential cells (labels of one cell's
+    neighbours would write over each other)."""
+    sae = nodes[nodes["node_type"].isin(["feature", "error"])]
+    best = sae.sort_values("influence", ascending=False).drop_duplicates(["layer", "position"])
+    return set(best.head(N_LABELLED)["node_id"])
+
+
+def _ring(node_id: str, selected: str | None, pinned: Collection[str]) -> str:
+    """A marker's outline: black when selected, gold when pinned, else white."""
+    if node_id == selected:
+        return "black"
+    return PIN_COLOUR if node_id in pinned else "white"
 
 
 def _neighbours(edges: pd.DataFrame, selected: str | None) -> set[str]:
@@ -239,8 +286,8 @@ def _add_edges(fig: go.Figure, edges: pd.DataFrame, place: pd.DataFrame, selecte
                 )
 
 
-def _add_legend(fig: go.Figure) -> None:
-    """Legend entries for the shapes (in grey) and the two colours."""
+def _add_legend(fig: go.Figure, pins: bool = False) -> None:
+    """Legend entries for the shapes (in grey), the two colours and, when any, the pin ring."""
     for kind, name in KINDS.items():
         fig.add_scatter(
             x=[None], y=[None], mode="markers", name=name,
@@ -250,6 +297,12 @@ def _add_legend(fig: go.Figure) -> None:
         fig.add_scatter(
             x=[None], y=[None], mode="markers", name=name,
             marker={"symbol": "circle", "color": colour, "size": 10},
+        )  # fmt: skip
+    if pins:
+        fig.add_scatter(
+            x=[None], y=[None], mode="markers", name="ringed: pinned",
+            marker={"symbol": "circle", "color": "white", "size": 10,
+                    "line": {"color": PIN_COLOUR, "width": 3}},
         )  # fmt: skip
 
 

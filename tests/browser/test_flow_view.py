@@ -11,6 +11,7 @@ import pytest
 
 from tests.browser.test_page import CHROMIUM, TIMEOUT_MS, run_first_example
 from tests.helpers import ARTIFACTS, Served
+from token_trace.flow_view import PIN_COLOUR
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -29,6 +30,27 @@ MARKER_BOXES = """() => {
     return [b.left, b.top, b.right, b.bottom];
   });
 }"""
+
+
+#: The graph's scrolling frame: its content width, its own width and where it is scrolled to.
+SCROLL = """() => {
+  const frame = document.querySelector('#tt-graph');
+  return {width: frame.scrollWidth, box: frame.clientWidth, left: frame.scrollLeft};
+}"""
+#: The marker box of node `id`, in page pixels.
+PIN_BOX = """(id) => {
+  const layers = document.querySelectorAll('#tt-graph .scatterlayer .trace');
+  const data = document.querySelector('#tt-graph .js-plotly-plot').data.at(-1);
+  const point = layers[layers.length - 1].querySelectorAll('.point')[data.customdata.indexOf(id)];
+  const b = point.getBoundingClientRect();
+  return [b.left, b.top, b.right, b.bottom];
+}"""
+#: Whether the node `id` is drawn with the pin's gold ring.
+RINGED = f"""(id) => {{
+  const data = document.querySelector('#tt-graph .js-plotly-plot').data.at(-1);
+  const at = data.customdata.indexOf(id);
+  return at >= 0 && data.marker.line.color[at] === '{PIN_COLOUR}';
+}}"""
 
 
 def overlapping(boxes: list[list[float]], slack: float = 1.0) -> int:
@@ -69,6 +91,10 @@ def test_the_flow_graph_is_readable_and_a_click_shows_the_nodes_card(
         summary = page.inner_text("#tt-graph-summary")
         title = page.locator("#tt-graph .gtitle").text_content() or ""
         assert summary.split(" SAE nodes")[0].split()[-1] == title.split(" SAE nodes")[0]
+        # A graph wider than its box opens scrolled to its right end (prediction, title, legend).
+        frame = page.evaluate(SCROLL)
+        assert frame["width"] <= frame["box"] or frame["left"] + frame["box"] >= frame["width"] - 2
+        print(f"{width} px: figure {frame['width']} px wide in a {frame['box']} px box")
         ARTIFACTS.mkdir(exist_ok=True)
         page.locator("#tt-graph").scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / f"flow-{width}.png"))
@@ -91,4 +117,27 @@ def test_the_flow_graph_is_readable_and_a_click_shows_the_nodes_card(
         assert card is not None and card["y"] < height and card["y"] + 40 > 0
         assert "Inputs" in page.inner_text("#tt-graph-card")
         page.screenshot(path=str(ARTIFACTS / f"flow-{width}-clicked.png"))
+        # Pin the clicked node: it is ringed and listed; alone, the pinned subgraph shows it.
+        node_id = page.evaluate(
+            f"""() => document.querySelector('#tt-graph .js-plotly-plot').data.at(-1)
+                 .customdata[{index}]"""
+        )
+        page.click("#tt-pin")
+        page.wait_for_function(
+            f"() => document.querySelector('#tt-pinned textarea, #tt-pinned input').value"
+            f" === '{node_id}'"
+        )
+        page.wait_for_function(RINGED, arg=node_id)
+        page.check("#tt-pinned-only input")
+        page.wait_for_function(
+            "() => document.querySelector('#tt-graph .gtitle')?.textContent"
+            ".startsWith('pinned subgraph: 1 SAE nodes')"
+        )
+        # the pinned node, the tokens and the metric; the frame scrolled to show the pin
+        page.wait_for_timeout(300)
+        frame = page.locator("#tt-graph").bounding_box()
+        pin = page.evaluate(PIN_BOX, node_id)
+        assert frame["x"] <= pin[0] and pin[2] <= frame["x"] + frame["width"]
+        page.locator("#tt-graph").scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / f"flow-{width}-pinned.png"))
         browser.close()

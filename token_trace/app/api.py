@@ -21,8 +21,14 @@ from typing import Any
 
 import gradio as gr
 
-from token_trace.app.page import DEFAULT_VERIFY_NODES, MAX_GRAPH_NODES, MAX_VERIFY_NODES, Page
-from token_trace.app.requests import EDITS_HELP, FIELD_HELP, MAX_GENERATE, RequestFields
+from token_trace.app.page import DEFAULT_VERIFY_NODES, MAX_VERIFY_NODES, Page
+from token_trace.app.requests import (
+    EDITS_HELP,
+    FIELD_HELP,
+    MAX_GENERATE,
+    MAX_GRAPH_NODES,
+    RequestFields,
+)
 from token_trace.options import DEFAULT_EDGE_THRESHOLD, DEFAULT_MAX_NODES, DEFAULT_NODE_THRESHOLD
 
 _HINTS = typing.get_type_hints(RequestFields)
@@ -165,6 +171,13 @@ EXTRAS = {
             float,
             DEFAULT_EDGE_THRESHOLD,
             "Keep the edges carrying this share of the influence (0-1).",
+        ),
+        Extra(
+            "pinned",
+            str,
+            "",
+            "Comma-separated graph node ids to keep whatever the thresholds and to pin in the "
+            "viewer (qParams.pinnedIds).",
         ),
     ],
     "verify": [

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -91,11 +93,16 @@ def write_exports(settings: Settings, result: Trace, directory: Path) -> dict[st
     return paths
 
 
-def write_graph(settings: Settings, graph: Graph, directory: Path) -> Path:
-    """The pruned graph as Neuronpedia JSON, once per request and thresholds (atomic write)."""
+def write_graph(
+    settings: Settings, graph: Graph, directory: Path, pinned: Sequence[str] = ()
+) -> Path:
+    """The pruned graph as Neuronpedia JSON with its pinned nodes (`qParams.pinnedIds`), once
+    per request, thresholds and pins (atomic write)."""
     folder = request_folder(directory, settings)
     name = f"token-trace-graph-{graph.max_nodes}-{graph.node_threshold}-{graph.edge_threshold}"
+    if pinned:
+        name += "-pins-" + hashlib.sha256(",".join(pinned).encode()).hexdigest()[:10]
     path = folder / f"{name.replace('.', 'p')}.json"
     if not path.exists():
-        graph.save_neuronpedia(path, slug=f"token-trace-{settings.key()}")
+        graph.save_neuronpedia(path, slug=f"token-trace-{settings.key()}", pinned=pinned)
     return path

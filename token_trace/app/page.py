@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pandas as pd
 
 from token_trace.app import exports, plots, render
 from token_trace.app.requests import (
+    MAX_GRAPH_NODES,
     REQUEST_FIELDS,
     Example,
     Preset,
@@ -26,8 +27,10 @@ from token_trace.app.requests import (
     load_examples,
     make_settings,
     parse_edits,
+    parse_pins,
     request_from_query,
     share_query,
+    toggle_pin,
 )
 from token_trace.app.service import Run, Service
 from token_trace.flow_view import flow_figure
@@ -66,7 +69,6 @@ FILTERED_OUTPUTS = ("table", "heatmap", "layer_plot", "scatter", "links")
 GRAPH_OUTPUTS = ("graph_plot", "graph_summary", "graph_file", "graph_card")
 FAITH_OUTPUTS = ("faith_summary", "faith_plot")
 VERIFY_OUTPUTS = ("verify_summary", "verify_scatter", "verify_layers")
-MAX_GRAPH_NODES = 1000
 DEFAULT_VERIFY_NODES, MAX_VERIFY_NODES = 20, 200
 #: The request fields the form has a widget for (the model follows the release; the layers are
 #: checkboxes, read apart), in `RequestFields` order.
@@ -77,11 +79,26 @@ EXAMPLE_FIELDS = ("text", "release", "answer", "contrast", "counterfactual")
 
 @dataclass(frozen=True)
 class GraphChoice:
-    """How the flow graph is drawn: its thresholds and whether error nodes show."""
+    """How the flow graph is drawn: its thresholds, whether error nodes show, the pinned nodes
+    (kept whatever the thresholds) and whether they are shown on their own."""
 
     node_threshold: float = DEFAULT_NODE_THRESHOLD
     edge_threshold: float = DEFAULT_EDGE_THRESHOLD
     show_errors: bool = True
+    pinned: tuple[str, ...] = ()
+    pinned_only: bool = False
+
+    def pruned(self, graph: Graph) -> Graph:
+        """`graph` pruned at these thresholds, its pinned nodes kept."""
+        return graph.prune(self.node_threshold, self.edge_threshold, keep=self.pinned)
+
+    @property
+    def only(self) -> tuple[str, ...] | None:
+        """The nodes a view is restricted to (the pinned subgraph), or None for all."""
+        return self.pinned if self.pinned_only else None
+
+    def figure(self, graph: Graph, selected: str | None = None) -> Any:
+        return flow_figure(graph, self.show_errors, selected, self.pinned, self.pinned_only)
 
 
 @dataclass(frozen=True)
@@ -234,16 +251,24 @@ class Page:
             "ig_steps": settings.options.ig_steps,
             "layers": list(settings.sae_ids),
             "edits": shared.edits or "",
+            "pinned": ", ".join(shared.pinned),
+            "max_nodes": shared.max_nodes,
             "shared_node": node,
             "shared": True,
         }
 
     @staticmethod
     def link(
-        request: RequestFields, layers: list[str] | None, node: str | None, edits: str = ""
+        request: RequestFields,
+        layers: list[str] | None,
+        node: str | None,
+        edits: str = "",
+        pinned: str = "",
+        max_nodes: float = DEFAULT_MAX_NODES,
     ) -> str:
-        """The query string of a shareable link to this request, selection and edits."""
-        return share_query(request, layers, node, edits)
+        """The query string of a shareable link to this request, selection, edits and pins."""
+        nodes = whole_number(max_nodes, "max_nodes", 1, MAX_GRAPH_NODES)
+        return share_query(request, layers, node, edits, parse_pins(pinned), nodes)
 
     def example_rows(self) -> list[list[str]]:
         """The examples as the example table's rows (`EXAMPLE_FIELDS` order)."""
@@ -289,14 +314,43 @@ class Page:
         if graph_run is None:
             return {"graph_plot": None, "graph_summary": "", "graph_file": None,
                     "graph_card": render.GRAPH_CARD_HINT}  # fmt: skip
-        graph = graph_run.graph.prune(choice.node_threshold, choice.edge_threshold)
+        graph = choice.pruned(graph_run.graph)
         method = graph_run.settings.options.method
+        path = exports.write_graph(graph_run.settings, graph, EXPORT_DIR, choice.pinned)
         return {
-            "graph_plot": flow_figure(graph, choice.show_errors),
-            "graph_summary": render.graph_summary_html(graph, method, choice.show_errors),
-            "graph_file": str(exports.write_graph(graph_run.settings, graph, EXPORT_DIR)),
+            "graph_plot": choice.figure(graph),
+            "graph_summary": render.graph_summary_html(
+                graph, method, choice.show_errors, choice.only
+            ),
+            "graph_file": str(path),
             "graph_card": render.GRAPH_CARD_HINT,
         }
+
+    def pin(self, graph_run: GraphRun | None, node: str | None, choice: GraphChoice) -> dict:
+        """The selected node pinned (or unpinned when it was), and the graph redrawn."""
+        if graph_run is None:
+            raise ValueError("Build the graph first: pins are nodes of the graph.")
+        pinned = parse_pins(toggle_pin(", ".join(choice.pinned), node))
+        return {
+            "pinned": ", ".join(pinned),
+            **self.redraw(graph_run, replace(choice, pinned=pinned)),
+        }
+
+    @staticmethod
+    def upload(graph_run: GraphRun | None, choice: GraphChoice, api_key: str) -> str:
+        """The drawn graph (its pins included) uploaded to Neuronpedia with the visitor's own
+        key, which goes in that one request's header and nowhere else (never the deployment's
+        `NEURONPEDIA_API_KEY`: a visitor cannot upload in the deployer's name)."""
+        if graph_run is None:
+            raise ValueError("Build the graph first: the upload sends the graph drawn here.")
+        if not (api_key or "").strip():
+            raise ValueError(
+                "Paste your Neuronpedia API key first (neuronpedia.org, Settings, API key)."
+            )
+        url = choice.pruned(graph_run.graph).upload_to_neuronpedia(
+            api_key=api_key.strip(), pinned=choice.pinned
+        )
+        return render.upload_html(url)
 
     def graph_click(
         self, graph_run: GraphRun | None, node_id: str, choice: GraphChoice
@@ -305,12 +359,12 @@ class Page:
         beside the graph, its panel, and its id (for shareable links)."""
         if graph_run is None or not node_id:
             return {"panel": render.PANEL_HINT, "selected": None}
-        graph = graph_run.graph.prune(choice.node_threshold, choice.edge_threshold)
+        graph = choice.pruned(graph_run.graph)
         return {
             "panel": render.graph_node_panel_html(graph.trace, node_id, offline=self.offline),
             "selected": node_id,
-            "graph_card": render.graph_card_html(graph, node_id),
-            "graph_plot": flow_figure(graph, choice.show_errors, selected=node_id),
+            "graph_card": render.graph_card_html(graph, node_id, pinned=node_id in choice.pinned),
+            "graph_plot": choice.figure(graph, selected=node_id),
         }
 
     def verify(
@@ -335,8 +389,9 @@ class Page:
         """How much of the metric the drawn graph recovers, and the curve over sizes."""
         if graph_run is None:
             raise ValueError("Build the graph first: faithfulness is measured on its nodes.")
-        graph = graph_run.graph.prune(choice.node_threshold, choice.edge_threshold)
-        key = (graph_run.graph.max_nodes, choice.node_threshold, choice.edge_threshold)
+        graph = choice.pruned(graph_run.graph)
+        key = (graph_run.graph.max_nodes, choice.node_threshold, choice.edge_threshold,
+               choice.pinned)  # fmt: skip
         curve, kept = self.service.faithfulness(graph_run.settings, graph, key)
         return {
             "faith_summary": render.faithfulness_html(kept, curve),
@@ -361,15 +416,23 @@ class Page:
         return {"whatif_summary": render.intervention_html(result, metric)}
 
     @staticmethod
-    def add_edit(edits: str, node: str | None, action: str, value: float, everywhere: bool) -> str:
-        """The edits box with the selected node's edit appended (`EDITS_HELP`'s syntax)."""
-        if not node:
-            raise ValueError("Select a node first: a row of the table or a node of the graph.")
-        if everywhere:
-            node = node.rsplit("_", 1)[0] + "_*"
+    def add_edits(
+        edits: str, nodes: Sequence[str], action: str, value: float, everywhere: bool
+    ) -> str:
+        """The edits box with an edit of each SAE node appended (`EDITS_HELP`'s syntax): the
+        selected node, or the pinned ones (token nodes and the metric cannot be edited)."""
+        chosen = [node for node in nodes if node and not node.startswith("E_")]
+        if not chosen:
+            raise ValueError(
+                "Select an SAE node first (a row of the table or a feature or error node of the "
+                "graph), or pin some in the graph."
+            )
         spelled = {"ablate": "ablate", "scale": f"x{value:g}", "set": f"={value:g}",
                    "baseline": "baseline"}[action]  # fmt: skip
-        return ", ".join(part for part in (edits.strip(), f"{node}:{spelled}") if part)
+        added = [
+            f"{node.rsplit('_', 1)[0] + '_*' if everywhere else node}:{spelled}" for node in chosen
+        ]
+        return ", ".join(part for part in (edits.strip(), *added) if part)
 
     # ----------------------------------------------------------------------- API
 
@@ -408,19 +471,22 @@ class Page:
         max_nodes: int = DEFAULT_MAX_NODES,
         node_threshold: float = DEFAULT_NODE_THRESHOLD,
         edge_threshold: float = DEFAULT_EDGE_THRESHOLD,
+        pinned: str = "",
     ) -> dict:
         """The request's attribution graph as Neuronpedia's graph JSON (`metadata`, `qParams`,
         `nodes`, `links`): the `max_nodes` nodes of largest |attribution| and the edges between
         consecutive SAE layers, pruned to those carrying `node_threshold` / `edge_threshold` of
-        the influence on the metric (each between 0 and 1)."""
+        the influence on the metric (each between 0 and 1); `pinned` node ids (comma-separated)
+        are kept whatever the thresholds and listed in `qParams.pinnedIds`."""
         chosen = GraphOptions(
             whole_number(max_nodes, "max_nodes", 1, MAX_GRAPH_NODES), node_threshold, edge_threshold
         )
+        pins = parse_pins(pinned)
         settings = self.settings(request)
         graph = self.service.graph(settings, chosen.max_nodes).prune(
-            chosen.node_threshold, chosen.edge_threshold
+            chosen.node_threshold, chosen.edge_threshold, keep=pins
         )
-        return graph.to_neuronpedia(slug=f"token-trace-{settings.key()}")
+        return graph.to_neuronpedia(slug=f"token-trace-{settings.key()}", pinned=pins)
 
     def verify_json(self, request: RequestFields, top_k: float = DEFAULT_VERIFY_NODES) -> dict:
         """Estimates against real ablations: for the `top_k` nodes of largest |attribution| (BOS

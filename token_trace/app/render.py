@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import html
 import math
-import re
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
 from token_trace import loading
 from token_trace.ablation import Verification
-from token_trace.app.requests import Preset
+from token_trace.app.requests import GRAPH_NODE_ID, Preset
 from token_trace.app.theme import signed_background
 from token_trace.circuit import Faithfulness
 from token_trace.flow_view import KINDS, node_label, shown
@@ -409,12 +408,31 @@ NEURONPEDIA_NOTE = (
 )
 
 
-def graph_summary_html(graph: Graph, method: str, show_errors: bool = True) -> str:
-    """Counts (of what the figure shows), the error share, and what the graph is built from."""
-    view = shown(graph, show_errors)
+UPLOAD_KEY_NOTE = (
+    "Used for this one upload and sent only to Neuronpedia: it is not stored, logged or put in "
+    "links. The graph goes up as drawn (thresholds and pins)."
+)
+
+
+def upload_html(url: str) -> str:
+    """Where an uploaded graph now lives."""
+    link = html.escape(url, quote=True)
+    return (
+        f'<div class="tt-summary">Uploaded: <a href="{link}" target="_blank" rel="noopener">'
+        f"{html.escape(url)}</a></div>"
+    )
+
+
+def graph_summary_html(
+    graph: Graph, method: str, show_errors: bool = True, only: Sequence[str] | None = None
+) -> str:
+    """Counts (of what the figure shows: with `only`, the pinned subgraph), the error share, and
+    what the graph is built from."""
+    view = shown(graph, show_errors, only)
     hidden = "" if show_errors else " (error nodes hidden)"
+    what = "in the pinned subgraph" if only is not None else "kept"
     parts = [
-        f"<b>{view.n_sae_nodes}</b> SAE nodes and <b>{len(view.edges):,}</b> edges kept{hidden}, "
+        f"<b>{view.n_sae_nodes}</b> SAE nodes and <b>{len(view.edges):,}</b> edges {what}{hidden}, "
         f"of {graph.max_nodes} nodes and {len(graph.candidate_edges):,} edges computed",
         f"error nodes carry <b>{view.error_share:.0%}</b> of the shown influence",
     ]
@@ -431,9 +449,9 @@ def graph_summary_html(graph: Graph, method: str, show_errors: bool = True) -> s
 CARD_LINKS = 8
 
 
-def graph_card_html(graph: Graph, node_id: str | None) -> str:
-    """Beside the graph: the clicked node, and its strongest inputs and outputs in the shown
-    graph with their weights and labels."""
+def graph_card_html(graph: Graph, node_id: str | None, pinned: bool = False) -> str:
+    """Beside the graph: the clicked node (and whether it is pinned), and its strongest inputs
+    and outputs in the shown graph with their weights and labels."""
     if not node_id:
         return GRAPH_CARD_HINT
     nodes = graph.nodes.set_index("node_id")
@@ -445,7 +463,8 @@ def graph_card_html(graph: Graph, node_id: str | None) -> str:
     head = (
         f'<div class="tt-node-head">{html.escape(kind)} <b>{html.escape(name)}</b> · '
         f"{html.escape(token)} · attribution "
-        f"<b>{format_value(float(node['attribution']))}</b></div>"
+        f"<b>{format_value(float(node['attribution']))}</b>"
+        f"{' · <b>pinned</b>' if pinned else ''}</div>"
     )
     edges = graph.edges
     lists = []
@@ -469,15 +488,11 @@ GRAPH_CARD_HINT = (
 )
 
 
-#: A graph node id: `{layer}_{feature}_{position}`, `E_{token id}_{position}` for token nodes.
-NODE_ID = re.compile(r"(E|-?\d+)_(-?\d+)_(\d+)")
-
-
 def graph_node_panel_html(result: Trace, node_id: str, *, offline: bool) -> str:
     """The panel for a node given by id (a graph click or a shared link): the table row's panel
     for SAE nodes, a card for the token and metric nodes, and a plain message for an id that names
     no node of this run."""
-    match = NODE_ID.fullmatch(node_id.strip())
+    match = GRAPH_NODE_ID.fullmatch(node_id.strip())
     if match is None:
         return _panel_message(
             f"{node_id!r} is not a node id: a node is layer_feature_position (e.g. 1_23_4), "

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -21,6 +22,7 @@ from token_trace import loading
 from token_trace.interventions import Edit
 from token_trace.options import (
     DEFAULT_IG_STEPS,
+    DEFAULT_MAX_NODES,
     METHODS,
     TOP_PREDICTION,
     PromptSpec,
@@ -34,6 +36,8 @@ MAX_TOKENS_ENV = "TOKEN_TRACE_MAX_TOKENS"
 DEFAULT_MAX_TOKENS = 256
 #: The most integrated-gradient steps one request may ask for.
 MAX_IG_STEPS = 64
+#: The most nodes one graph request may compute edges between.
+MAX_GRAPH_NODES = 1000
 
 
 @dataclass(frozen=True)
@@ -290,19 +294,26 @@ def make_settings(
 
 # --------------------------------------------------------------------------- shareable links
 
-#: Query parameters of a shareable link: every request field, the selected node's id, and the
-#: "What if" panel's edits.
-NODE_PARAMETER, EDITS_PARAMETER = "node", "edits"
-LINK_PARAMETERS = (*REQUEST_FIELDS, NODE_PARAMETER, EDITS_PARAMETER)
+#: Query parameters of a shareable link: every request field, the selected node's id, the
+#: "What if" panel's edits, and the graph's pinned nodes with the graph size they come from.
+NODE_PARAMETER, EDITS_PARAMETER, PINNED_PARAMETER, NODES_PARAMETER = (
+    "node", "edits", "pinned", "max_nodes",
+)  # fmt: skip
+LINK_PARAMETERS = (
+    *REQUEST_FIELDS, NODE_PARAMETER, EDITS_PARAMETER, PINNED_PARAMETER, NODES_PARAMETER,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class SharedLink:
-    """What a shareable link holds: the request, the selected node, the edits (checked)."""
+    """What a shareable link holds: the request, the selected node, the edits and the pinned
+    nodes (checked), and the graph size the pins were made on."""
 
     request: RequestFields
     node: str | None = None
     edits: str | None = None
+    pinned: tuple[str, ...] = ()
+    max_nodes: int = DEFAULT_MAX_NODES
 
 
 def share_query(
@@ -310,9 +321,11 @@ def share_query(
     layers: Sequence[str] | None,
     node: str | None,
     edits: str | None = None,
+    pinned: Sequence[str] = (),
+    max_nodes: int = DEFAULT_MAX_NODES,
 ) -> str:
-    """The query string (`?text=...`) that reopens this request, with its selected node and
-    its edits.
+    """The query string (`?text=...`) that reopens this request, with its selected node, its
+    edits and its pinned nodes (and the graph size they were pinned on, which the page rebuilds).
 
     Fields left at their defaults are omitted, and so are the layers when all are chosen.
     """
@@ -332,6 +345,9 @@ def share_query(
         values[NODE_PARAMETER] = node
     if edits and edits.strip():
         values[EDITS_PARAMETER] = edits.strip()
+    if pinned:
+        values[PINNED_PARAMETER] = ",".join(pinned)
+        values[NODES_PARAMETER] = int(max_nodes)
     return "?" + urllib.parse.urlencode(values) if values else ""
 
 
@@ -361,7 +377,47 @@ def request_from_query(params: Mapping[str, str]) -> SharedLink | None:
     edits = params.get(EDITS_PARAMETER) or None
     if edits is not None:
         parse_edits(edits)  # the panel's checks and messages
-    return SharedLink(request, params.get(NODE_PARAMETER) or None, edits)
+    pinned = parse_pins(params.get(PINNED_PARAMETER, ""))
+    max_nodes = whole_number(
+        params.get(NODES_PARAMETER, DEFAULT_MAX_NODES), "max_nodes in the link", 1, MAX_GRAPH_NODES
+    )
+    return SharedLink(request, params.get(NODE_PARAMETER) or None, edits, pinned, max_nodes)
+
+
+# --------------------------------------------------------------------------- pinned nodes
+
+MAX_PINS = 64
+PINS_HELP = (
+    "Comma-separated graph node ids, kept in the graph whatever the thresholds, ringed in gold, "
+    "pinned in the downloaded file (Neuronpedia's pinned subgraph) and carried by the link. "
+    "Click a node and press Pin, or type ids and press Enter."
+)
+#: A graph node id as the graph shows it: `{layer}_{feature}_{position}`, tokens `E_{id}_{pos}`.
+GRAPH_NODE_ID = re.compile(r"(E|-?\d+)_(-?\d+)_(\d+)")
+
+
+def parse_pins(text: str) -> tuple[str, ...]:
+    """The pinned node ids a box or a link spells out (comma-separated graph node ids, in order,
+    each once), or a ValueError naming the first that is not one."""
+    pins = tuple(dict.fromkeys(part.strip() for part in (text or "").split(",") if part.strip()))
+    for pin in pins:
+        if GRAPH_NODE_ID.fullmatch(pin) is None:
+            raise ValueError(
+                f"Pinned node {pin!r} is not a graph node id: use layer_feature_position "
+                "(errors layer_-1_position, tokens E_tokenid_position), as the graph shows them."
+            )
+    if len(pins) > MAX_PINS:
+        raise ValueError(f"At most {MAX_PINS} pinned nodes, got {len(pins)}.")
+    return pins
+
+
+def toggle_pin(text: str, node: str | None) -> str:
+    """The pinned box with `node` added, or removed when it is pinned already."""
+    if not node:
+        raise ValueError("Select a node first: click one in the graph (or a row of the table).")
+    pins = parse_pins(text)
+    chosen = tuple(pin for pin in pins if pin != node) if node in pins else (*pins, node)
+    return ", ".join(parse_pins(",".join(chosen)))
 
 
 # --------------------------------------------------------------------------- examples

@@ -31,6 +31,7 @@ from token_trace.app.requests import MAX_GENERATE, MAX_TOKENS_ENV, PRESETS_BY_RE
 from token_trace.circuit import Faithfulness, faithfulness_curve
 from token_trace.graph import Graph, graph_of
 from token_trace.interventions import Edit, Intervention, intervene
+from token_trace.neuronpedia_upload import UploadError
 from token_trace.options import GraphOptions
 from token_trace.pipeline import resolve, run_traces
 from token_trace.prompts import tokenizer_length
@@ -92,15 +93,16 @@ def is_out_of_memory(error: BaseException) -> bool:
 def user_message(error: BaseException) -> str | None:
     """The message to show for an error a user can act on, or None for a bug.
 
-    The library raises ValueError for bad input and LoadError when weights cannot be fetched; both
-    messages are written for users. Out-of-memory errors get advice instead of a CUDA trace.
+    The library raises ValueError for bad input, LoadError when weights cannot be fetched and
+    UploadError when Neuronpedia refuses a graph; their messages are written for users.
+    Out-of-memory errors get advice instead of a CUDA trace.
     """
     if is_out_of_memory(error):
         return (
             "Out of memory while attributing this prompt. Choose fewer layers, a shorter prompt, "
             "or attribution patching instead of integrated gradients."
         )
-    if isinstance(error, (ValueError, loading.LoadError)):
+    if isinstance(error, (ValueError, loading.LoadError, UploadError)):
         return str(error)
     return None
 
