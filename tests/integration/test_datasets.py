@@ -303,10 +303,23 @@ def test_graphs_per_prompt_and_over_the_set(tmp_path):
     records = [r for r in mixed_records() if r.get("id", "").startswith("ioi")][:3]
     path = write_jsonl(tmp_path / "g.jsonl", records)
     options = {"max_nodes": 40, "node_threshold": 0.9, "edge_threshold": 0.99}
-    result = run_dataset(path, tmp_path / "out", progress=False, graph=True, **SETTINGS, **options)
-    assert "None: every record was attributed." in result.run_dir.report.read_text()
+    result = run_dataset(
+        path, tmp_path / "out", progress=False, graph=True, faithfulness=True, **SETTINGS,
+        **options,
+    )  # fmt: skip
+    report = result.run_dir.report.read_text()
+    assert "None: every record was attributed." in report
+    prompts = result.prompts().set_index("prompt_id")
+    shares = []
     for record in records:
         graph = compute_graph(**request_of(record), **options)
+        check = graph.faithfulness()  # each prompt's graph, every other node at its baseline
+        row = prompts.loc[record["id"]]
+        assert row["graph_faithfulness"] == pytest.approx(check.faithfulness, abs=1e-4)
+        assert row["graph_complement_faithfulness"] == pytest.approx(
+            check.complement_faithfulness, abs=1e-4
+        )
+        shares.append(check.faithfulness)
         got = result.graph_edges([record["id"]]).drop(columns="prompt_id")
         got = got.sort_values(["source", "target"]).reset_index(drop=True)
         want = graph.edges.sort_values(["source", "target"]).reset_index(drop=True)
@@ -322,6 +335,9 @@ def test_graphs_per_prompt_and_over_the_set(tmp_path):
     got = aggregate.set_index(["source", "target"])["mean_weight"]
     assert len(got) == len(expected)
     np.testing.assert_allclose(got.loc[expected.index], expected, rtol=1e-9)
+    assert f"recover a mean {np.mean(shares):.0%}" in report
+    with pytest.raises(ValueError, match="pass graph=True"):
+        run_dataset(path, tmp_path / "none", progress=False, faithfulness=True, **SETTINGS)
 
 
 def test_a_loader_builds_models_the_registries_do_not_know(tmp_path, model, saes):

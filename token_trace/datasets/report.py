@@ -131,6 +131,7 @@ td, th {{ border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: le
 {method} · {result.n_prompts} prompts: {result.n_ok} attributed,
 {result.n_errors} failed{" · BOS nodes left out" if settings.exclude_bos else ""}.</p>
 {"".join(figures)}
+{_graphs(prompts)}
 <h2>Top features</h2>
 <table><tr><th>feature</th><th>label</th><th>mean attribution</th><th>mean |attribution|</th>
 <th>active in</th><th>top prompts</th></tr>{feature_rows}</table>
@@ -139,6 +140,26 @@ td, th {{ border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: le
 {f"<p>… and {more} more (see prompts/).</p>" if more > 0 else ""}
 </body></html>
 """
+
+
+def _graphs(prompts: pd.DataFrame) -> str:
+    """The graphs' sizes and, when measured, how much of the metric they recover."""
+    if "graph_nodes" not in prompts or not prompts["graph_nodes"].notna().any():
+        return ""
+    graphs = prompts[prompts["graph_nodes"].notna()]
+    text = (
+        f"{len(graphs)} prompts' pruned graphs keep a median of "
+        f"{graphs['graph_nodes'].median():.0f} nodes (tokens and metric included)"
+    )
+    faithful = graphs["graph_faithfulness"].dropna() if "graph_faithfulness" in graphs else ()
+    if len(faithful):
+        rest = graphs["graph_complement_faithfulness"].dropna()
+        text += (
+            f"; with every other SAE node at its baseline they recover a mean "
+            f"{faithful.mean():.0%} (median {faithful.median():.0%}) of the metric, and "
+            f"everything but them {rest.mean():.0%}"
+        )
+    return f"<h2>Graphs</h2><p>{html.escape(text)}.</p>"
 
 
 def _link(label: str, url: object) -> str:

@@ -49,6 +49,14 @@ class DatasetSettings:
     max_tokens: int | None = option(None, "records with more tokens are errors")
     #: Leave BOS-position nodes out of the aggregates (they are recomputed at every finish).
     exclude_bos: bool = option(False, "aggregate without BOS nodes", const=True)
+    #: With graphs: how much of each prompt's metric its pruned graph recovers
+    #: (`Graph.faithfulness`, every other node at the prompt's baseline), per prompt and
+    #: averaged in the report.
+    faithfulness: bool = option(
+        False,
+        "with --graph: measure each graph's faithfulness (4 more forward passes a prompt)",
+        const=True,
+    )
     #: "package.module:function" building the model and SAEs instead of loading them by name:
     #: `function(device)` returns `(HookedTransformer, {hook_name: SAE})`. For models the
     #: registries do not know (a local checkpoint, a fine-tune); every worker imports and calls
@@ -68,6 +76,8 @@ class DatasetSettings:
             object.__setattr__(self, "max_tokens", whole_number(self.max_tokens, "max_tokens", 2))
         if self.graph is not None:
             self.trace.check_graphable()
+        if self.faithfulness and self.graph is None:
+            raise ValueError("faithfulness is measured on each prompt's graph: pass graph=True.")
         if self.loader is not None and not re.fullmatch(r"[\w.]+:\w+", self.loader):
             raise ValueError(f"loader must be 'package.module:function', got {self.loader!r}.")
 

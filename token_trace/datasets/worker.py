@@ -24,6 +24,7 @@ import pyarrow as pa
 import torch
 
 from token_trace.attribution import AttributionRun
+from token_trace.circuit import Faithfulness
 from token_trace.datasets.layout import RunDir, write_table
 from token_trace.datasets.settings import DatasetSettings
 from token_trace.graph import EDGE_COLUMNS, Graph, graph_from_run
@@ -79,6 +80,8 @@ PROMPT_SCHEMA = pa.schema(
         ("graph_nodes", pa.int64()),
         ("graph_edges", pa.int64()),
         ("graph_error_share", pa.float64()),
+        ("graph_faithfulness", pa.float64()),  # m(graph) vs m(empty) and m(all): 1 explains all
+        ("graph_complement_faithfulness", pa.float64()),  # the rest alone: near 0 when complete
     ]
 )
 GRAPH_NODE_SCHEMA = pa.schema(
@@ -137,6 +140,7 @@ class _Outcome:
     record: dict
     trace: Trace | None = None
     graph: Graph | None = None
+    faithfulness: Faithfulness | None = None
     error: str | None = None
 
 
@@ -252,7 +256,10 @@ class ShardWorker:
             for slot, result, record in zip(pending, traces, chosen):
                 chosen_graph = self.settings.graph
                 graph = None if chosen_graph is None else graph_from_run(result, run, chosen_graph)
-                done[slot] = _Outcome(record, trace=result, graph=graph)
+                check = None
+                if graph is not None and self.settings.faithfulness:
+                    check = graph.faithfulness(model=run.model, saes=run.saes)
+                done[slot] = _Outcome(record, trace=result, graph=graph, faithfulness=check)
             return done
         return done
 
@@ -340,6 +347,11 @@ def _prompt_row(shard: int, outcome: _Outcome) -> dict[str, object]:
             graph_nodes=len(outcome.graph.nodes),
             graph_edges=len(outcome.graph.edges),
             graph_error_share=outcome.graph.error_share,
+        )
+    if outcome.faithfulness is not None:
+        row.update(
+            graph_faithfulness=outcome.faithfulness.faithfulness,
+            graph_complement_faithfulness=outcome.faithfulness.complement_faithfulness,
         )
     return row
 
