@@ -51,6 +51,7 @@ from tests.fake_hub import CORPUS, FakeHub, _json, _safetensors, put_repo
 from token_trace.loading import release_sae_ids
 
 GEMMA3_REPO = "google/gemma-3-270m"
+GEMMA2_REPO = "google/gemma-2-2b"
 GEMMA3_RELEASE = "gemma-scope-2-270m-pt-res"
 GEMMA2_RELEASE = "gemma-scope-2b-pt-res-canonical"
 #: Gemma Scope SAE widths (both presets load the 16k ones).
@@ -94,6 +95,39 @@ GEMMA3_CONFIG: dict[str, object] = {
     "use_bidirectional_attention": False,
     "use_cache": True,
     "vocab_size": 262144,
+}
+
+#: `google/gemma-2-2b`'s `config.json` (TransformerLens reads it for the dtype and the tokenizer,
+#: not for shapes). The real repository stores the weights as three float32 shards
+#: (`model-0000N-of-00003.safetensors` and `model.safetensors.index.json`): not faked here.
+GEMMA2_CONFIG: dict[str, object] = {
+    "architectures": ["Gemma2ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "attn_logit_softcapping": 50.0,
+    "bos_token_id": 2,
+    "cache_implementation": "hybrid",
+    "eos_token_id": 1,
+    "final_logit_softcapping": 30.0,
+    "head_dim": 256,
+    "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 2304,
+    "initializer_range": 0.02,
+    "intermediate_size": 9216,
+    "max_position_embeddings": 8192,
+    "model_type": "gemma2",
+    "num_attention_heads": 8,
+    "num_hidden_layers": 26,
+    "num_key_value_heads": 4,
+    "pad_token_id": 0,
+    "query_pre_attn_scalar": 256,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 10000.0,
+    "sliding_window": 4096,
+    "torch_dtype": "float32",
+    "use_cache": True,
+    "vocab_size": 256000,
 }
 
 #: Gemma 3's special tokens at their real ids.
@@ -261,6 +295,20 @@ def gemma_2_scope_files(layers: list[int], scratch: Path, seed: int) -> tuple[st
 
 
 # --------------------------------------------------------------------------- the caches
+
+
+def build_gemma2_scope_hub(root: Path, layers: list[int], seed: int = 0) -> FakeHub:
+    """Gemma Scope's 16k canonical SAEs of `layers` at their real shapes (~300 MB each) and
+    Gemma-2-2B's `config.json` (no weights), in a cache under `root`."""
+    hub = FakeHub(Path(root))
+    scratch = hub.root / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    repo_id, files = gemma_2_scope_files(layers, scratch, seed)
+    put_repo(hub.hub_cache, repo_id, files)
+    put_repo(hub.hub_cache, GEMMA2_REPO, {"config.json": _json(GEMMA2_CONFIG)})
+    (scratch / "params.npz").unlink()
+    scratch.rmdir()
+    return hub
 
 
 def build_gemma3_hub(root: Path, seed: int = 0) -> FakeHub:

@@ -158,7 +158,7 @@ def test_a_dataset_run_on_gemma_runs_offline_through_the_cli(
     printed = run_python(gemma_hub.env(), [*argv, "--model", "gemma-3-270m", "--quiet"])
     assert "2 attributed" in printed, printed
     report = (out / "report.html").read_text()
-    assert "gemma-3-270m/5-gemmascope-2-res-16k" in report or "Top features" in report
+    assert "Top features" in report
 
 
 @pytest.fixture(scope="module")
