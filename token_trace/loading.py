@@ -9,18 +9,22 @@ than an attribution run.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
+import json
 import os
+import re
 import threading
 import urllib.request
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from sae_lens import SAE
+from sae_lens.loading import pretrained_sae_loaders
 from sae_lens.loading.pretrained_saes_directory import (
     PretrainedSAELookup,
     get_pretrained_saes_directory,
@@ -34,10 +38,15 @@ from token_trace.options import BUNDLED_MODEL, DEFAULT_MODEL, SAE_DTYPES, one_of
 
 HUB_URL = "https://huggingface.co"
 
-#: The SAE release used when a caller names a model but no SAEs.
+#: The SAE release used when a caller names a model but no SAEs (keyed by the names users write:
+#: TransformerLens's aliases and the registry's model names).
 DEFAULT_RELEASES: dict[str, str] = {
     "gpt2": "gpt2-small-res-jb",
     "gpt2-small": "gpt2-small-res-jb",
+    "gemma-2-2b": "gemma-scope-2b-pt-res-canonical",
+    "google/gemma-2-2b": "gemma-scope-2b-pt-res-canonical",
+    "gemma-3-270m": "gemma-scope-2-270m-pt-res",
+    "google/gemma-3-270m": "gemma-scope-2-270m-pt-res",
     BUNDLED_MODEL: BUNDLED_MODEL,
 }
 
@@ -68,7 +77,8 @@ class Release:
 
     name: str
     model: str  # the model the SAEs were trained on
-    sae_ids: tuple[str, ...]  # in the registry's (layer) order
+    sae_ids: tuple[str, ...]  # every SAE, in the registry's (layer) order
+    default_sae_ids: tuple[str, ...]  # what naming the release loads: one per hook (`sae_choices`)
     model_kwargs: dict[str, object]  # `from_pretrained` processing the SAEs expect
     bundle: Bundle | None  # loaders for a release that ships inside the package
 
@@ -169,11 +179,77 @@ def find_release(name: str) -> Release:
     """The release `name`: a bundled one, or else SAELens's registry entry."""
     bundle = BUNDLED.get(name)
     if bundle is not None:
-        return Release(name, name, tuple(bundle.sae_ids()), {}, bundle)
+        ids = tuple(bundle.sae_ids())
+        return Release(name, name, ids, ids, {}, bundle)
     info = release_info(name)
     overrides = info.config_overrides or {}
     kwargs = dict(overrides.get("model_from_pretrained_kwargs", {}) or {})
-    return Release(name, info.model, tuple(info.saes_map), kwargs, None)
+    defaults = tuple(ids[0] for ids in sae_choices(name).values())
+    return Release(name, info.model, tuple(info.saes_map), defaults, kwargs, None)
+
+
+# --------------------------------------------------------------------------- one SAE per hook
+
+#: The parts of an SAE id that name a variant (width, sparsity, training seed) of the SAE at one
+#: hook, as Gemma Scope's ids spell them (`layer_12/width_16k/canonical`,
+#: `layer_12_width_16k_l0_medium`, `layer_5/width_16k/average_l0_143`, `..._seed_1`). Ids that
+#: differ only in these parts read the same hook; no other release in SAELens's registry has
+#: more than one SAE per hook.
+_VARIANT_PART = re.compile(r"[/_]?(?:width_\d+[km]?|average_l0_\d+|l0_[a-z]+|canonical|seed_\d+)")
+_WIDTH = re.compile(r"width_(\d+)([km]?)")
+#: The sparsity SAELens and Gemma Scope single out per width: `canonical` (Gemma Scope) and
+#: `l0_medium` (Gemma Scope 2, the one Neuronpedia hosts).
+_PREFERRED_SPARSITY = re.compile(r"canonical|l0_medium")
+_LAYER = re.compile(r"layer_(\d+)")
+
+
+def _width(sae_id: str) -> int:
+    match = _WIDTH.search(sae_id)
+    if match is None:
+        return 0
+    return int(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20}[match.group(2)]
+
+
+def sae_choices(release: str) -> dict[str, tuple[str, ...]]:
+    """A registry release's SAE ids grouped by the hook they read, best first: the rule that
+    picks the one SAE per hook a release loads when it is named alone.
+
+    Groups are keyed by the id without its variant parts (`layer_12`) and ordered by the layer
+    in that key (Gemma Scope 2's registry lists `layer_12` before `layer_5`), else as the
+    registry lists them. Within a group the first is the SAE
+
+    1. that Neuronpedia hosts (has a Neuronpedia id: its features have dashboards and
+       explanations, so the app's links and labels work), then
+    2. of the smallest width (cheapest to load and run), then
+    3. of the preferred sparsity (`canonical`, `l0_medium`), then
+    4. without a seed suffix (the main training run), then
+    5. first in the registry.
+
+    So `gemma-scope-2b-pt-res-canonical` loads `layer_L/width_16k/canonical` for L = 0..25 and
+    `gemma-scope-2-270m-pt-res` the four `layer_L_width_16k_l0_medium`. Pick others by passing
+    `(release, sae_id)` pairs (see `resolve_sae_specs`).
+    """
+    info = release_info(release)
+    hosted = info.neuronpedia_id or {}
+    groups: dict[str, list[str]] = {}
+    for sae_id in info.saes_map:
+        groups.setdefault(_VARIANT_PART.sub("", sae_id), []).append(sae_id)
+    order = {sae_id: index for index, sae_id in enumerate(info.saes_map)}
+
+    def rank(sae_id: str) -> tuple[bool, int, bool, bool, int]:
+        return (
+            not hosted.get(sae_id),
+            _width(sae_id),
+            not _PREFERRED_SPARSITY.search(sae_id),
+            "seed_" in sae_id,
+            order[sae_id],
+        )
+
+    def depth(key: str) -> int:
+        match = _LAYER.match(key)
+        return int(match.group(1)) if match else -1  # an embedding SAE reads the first hook
+
+    return {key: tuple(sorted(groups[key], key=rank)) for key in sorted(groups, key=depth)}
 
 
 def feature_card(release: str | None, hook_name: str, feature: int) -> dict[str, Any] | None:
@@ -195,8 +271,9 @@ def neuronpedia_id(release: str, sae_id: str) -> str | None:
 
 
 def release_sae_ids(release: str) -> list[str]:
-    """The SAE ids a release holds, in the registry's (layer) order."""
-    return list(find_release(release).sae_ids)
+    """The SAE ids naming a release loads, in the registry's (layer) order: all of them where
+    the release has one SAE per hook, else the one `sae_choices` picks per hook."""
+    return list(find_release(release).default_sae_ids)
 
 
 def release_model(release: str) -> str:
@@ -276,7 +353,7 @@ def resolve_sae_specs(
     if not specs:
         raise ValueError("saes= is an empty list: name at least one (release, sae_id) pair.")
     for spec in specs:
-        known = release_sae_ids(spec.release)
+        known = find_release(spec.release).sae_ids
         if spec.sae_id not in known:
             close = difflib.get_close_matches(spec.sae_id, known, n=3)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -318,7 +395,10 @@ def load_saes(
             sae = _load_sae_cached(spec.release, spec.sae_id, device, dtype)
         hook_name = sae.cfg.metadata.hook_name
         if hook_name in loaded:
-            raise ValueError(f"Two SAEs read the same hook {hook_name!r}; pick one per hook.")
+            raise ValueError(
+                f"Two SAEs read the same hook {hook_name!r}; pick one per hook (naming the "
+                "release alone loads one per hook: see loading.sae_choices)."
+            )
         loaded[hook_name] = sae
     return loaded
 
@@ -330,7 +410,8 @@ def _load_sae_cached(release: str, sae_id: str, device: str, dtype: str) -> SAE:
         return _bundled_saes(release, device, dtype)[sae_id]
     _hub_online()
     try:
-        sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
+        with _shapes_from_cache_when_offline(release):
+            sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
     except Exception as err:
         raise LoadError(
             f"Could not load SAE {sae_id!r} of release {release!r}.{_offline_hint('it')} "
@@ -338,6 +419,54 @@ def _load_sae_cached(release: str, sae_id: str, device: str, dtype: str) -> SAE:
             f"{BUNDLED_MODEL!r}, which ships with its own SAEs."
         ) from err
     return sae.eval()
+
+
+#: SAELens loaders that ask the hub for a safetensors file's tensor shapes by HTTP range requests
+#: (`get_safetensors_tensor_shapes`) before they download the file, even when it is cached.
+_SHAPE_ASKING_LOADERS = ("gemma_3",)
+
+
+@contextlib.contextmanager
+def _shapes_from_cache_when_offline(release: str) -> Iterator[None]:
+    """While one SAE of `release` loads offline, answer SAELens's shape query from the cached
+    file's safetensors header instead of the hub.
+
+    SAELens's `gemma_3` loader (Gemma Scope 2) reads `w_enc`'s shape over HTTP before it
+    downloads `params.safetensors`; offline that fails after ~5 s of retries even with a warm
+    cache. This swaps `pretrained_sae_loaders.get_safetensors_tensor_shapes` for the duration of
+    one load (callers hold `_load_lock`) and restores it afterwards; a file not in the cache is
+    still asked of the hub, so SAELens's own error is what a user sees. Online nothing changes.
+    """
+    import huggingface_hub.constants
+
+    entry = release_info(release) if release not in BUNDLED else None
+    if (
+        entry is None
+        or entry.conversion_func not in _SHAPE_ASKING_LOADERS
+        or not huggingface_hub.constants.HF_HUB_OFFLINE
+    ):
+        yield
+        return
+    ask_the_hub = pretrained_sae_loaders.get_safetensors_tensor_shapes
+
+    def shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
+        cached = _cached_file(repo_id, filename, None)
+        return ask_the_hub(repo_id, filename) if cached is None else safetensors_shapes(cached)
+
+    pretrained_sae_loaders.get_safetensors_tensor_shapes = shapes
+    try:
+        yield
+    finally:
+        pretrained_sae_loaders.get_safetensors_tensor_shapes = ask_the_hub
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
+    """Tensor shapes from a safetensors file's header (8-byte length, then JSON), as SAELens's
+    `get_safetensors_tensor_shapes` reads them from the hub."""
+    with open(path, "rb") as file:
+        size = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(size))
+    return {name: info["shape"] for name, info in header.items() if name != "__metadata__"}
 
 
 @functools.lru_cache(maxsize=2)
@@ -372,27 +501,50 @@ def check_saes_fit_model(saes: Mapping[str, SAE], model: HookedTransformer) -> N
 # --------------------------------------------------------------------------- the local cache
 
 #: What TransformerLens's `from_pretrained` reads from a model's repository (through transformers):
-#: the config, the weights in one of these single-file forms, and the tokenizer in one of these
-#: forms. A sharded checkpoint counts as not cached (none of the app's presets has one).
+#: the config, the weights in one of these single-file forms or as the shards an index names,
+#: and the tokenizer in one of these forms.
 MODEL_CONFIG_FILE = "config.json"
 MODEL_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+MODEL_WEIGHT_INDEX = "model.safetensors.index.json"
 TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
-#: What SAELens's loader for releases in its own format (`conversion_func: null`) reads per SAE;
-#: it also reads `sparsity.safetensors` when the repository has one, and runs without it.
-SAE_FILES = ("cfg.json", "sae_weights.safetensors")
+#: The files SAELens's loader for each conversion reads per SAE, in the SAE's folder: its own
+#: format (`conversion_func: null`; `sparsity.safetensors` too when the repository has one, and
+#: it runs without it), Gemma Scope (`gemma_2`: the config is inferred from the path) and
+#: Gemma Scope 2 (`gemma_3`).
+SAE_FILES: dict[str | None, tuple[str, ...]] = {
+    None: ("cfg.json", "sae_weights.safetensors"),
+    "gemma_2": ("params.npz",),
+    "gemma_3": ("config.json", "params.safetensors"),
+}
+
+
+def _cached_file(repo_id: str, filename: str, cache_dir: str | os.PathLike | None) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+    return path if isinstance(path, str) else None
 
 
 def _in_cache(repo_id: str, filename: str, cache_dir: str | os.PathLike | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
+    return _cached_file(repo_id, filename, cache_dir) is not None
 
-    return isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir), str)
+
+def _weights_cached(repo: str, cache_dir: str | os.PathLike | None) -> bool:
+    if any(_in_cache(repo, name, cache_dir) for name in MODEL_WEIGHT_FILES):
+        return True
+    index = _cached_file(repo, MODEL_WEIGHT_INDEX, cache_dir)
+    if index is None:
+        return False
+    with open(index) as file:
+        shards = set(json.load(file)["weight_map"].values())
+    return all(_in_cache(repo, shard, cache_dir) for shard in shards)
 
 
 def missing_from_cache(release: str, cache_dir: str | os.PathLike | None = None) -> list[str]:
-    """What a release (its model and all its SAEs) still lacks in the local Hugging Face cache
-    (`cache_dir`, by default huggingface_hub's, from HF_HUB_CACHE / HF_HOME), as
-    `repo_id/filename` strings: empty when it loads with no network. A bundled release lacks
-    nothing.
+    """What a release (its model and the SAEs naming it loads, `release_sae_ids`) still lacks
+    in the local Hugging Face cache (`cache_dir`, by default huggingface_hub's, from
+    HF_HUB_CACHE / HF_HOME), as `repo_id/filename` strings: empty when it loads with no network.
+    A bundled release lacks nothing.
 
     Only file presence is checked, with huggingface_hub's own cache lookup on the `main`
     revision; a corrupt file still fails at load time, with the loaders' message.
@@ -402,23 +554,25 @@ def missing_from_cache(release: str, cache_dir: str | os.PathLike | None = None)
         return []
     repo = get_official_model_name(info.model)
     missing = [] if _in_cache(repo, MODEL_CONFIG_FILE, cache_dir) else [f"{repo}/config.json"]
-    if not any(_in_cache(repo, name, cache_dir) for name in MODEL_WEIGHT_FILES):
-        missing.append(f"{repo}/{' or '.join(MODEL_WEIGHT_FILES)}")
+    if not _weights_cached(repo, cache_dir):
+        names = [*MODEL_WEIGHT_FILES, f"the shards {MODEL_WEIGHT_INDEX} names"]
+        missing.append(f"{repo}/{' or '.join(names)}")
     if not any(
         all(_in_cache(repo, name, cache_dir) for name in names) for names in TOKENIZER_FILE_SETS
     ):
         missing.append(f"{repo}/{' or '.join('+'.join(n) for n in TOKENIZER_FILE_SETS)}")
     entry = release_info(release)
-    if entry.conversion_func is not None:  # another format: its files are not known here
+    if entry.conversion_func not in SAE_FILES:  # another format: its files are not known here
         return [*missing, f"{entry.repo_id} (converted by {entry.conversion_func}; not checked)"]
-    for path in entry.saes_map.values():
-        for name in SAE_FILES:
+    for sae_id in info.default_sae_ids:
+        path = entry.saes_map[sae_id]
+        for name in SAE_FILES[entry.conversion_func]:
             if not _in_cache(entry.repo_id, f"{path}/{name}", cache_dir):
                 missing.append(f"{entry.repo_id}/{path}/{name}")
     return missing
 
 
 def release_is_cached(release: str, cache_dir: str | os.PathLike | None = None) -> bool:
-    """Whether a release runs with no network: bundled, or its model and every SAE in the local
-    Hugging Face cache (see `missing_from_cache`)."""
+    """Whether a release runs with no network: bundled, or its model and every SAE it loads in
+    the local Hugging Face cache (see `missing_from_cache`)."""
     return not missing_from_cache(release, cache_dir)

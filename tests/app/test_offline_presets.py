@@ -16,7 +16,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from tests.fake_hub import FakeHub
+from tests.fake_hub import PRESET_RELEASES, FakeHub
 from tests.helpers import CAP, app_py_offline, load_app_module
 from token_trace.app.page import Page
 from token_trace.app.requests import (
@@ -31,6 +31,9 @@ from token_trace.loading import BUNDLED_MODEL, release_info, release_is_cached, 
 
 TEXT = "When John and Mary went to the shops, John gave the bag to"
 DROPDOWN_LABEL = "Model · SAE release"
+#: The presets `tests/fake_hub.py`'s cache holds (the Gemma ones have their own cache and tests,
+#: `tests/integration/test_fake_gemma.py`), in the app's order.
+CACHED = [preset for preset in PRESETS if preset.release in (*PRESET_RELEASES, BUNDLED_MODEL)]
 
 
 def page_parts(config: dict) -> tuple[list[str], str, str]:
@@ -90,13 +93,13 @@ def test_python_app_py_offline_offers_every_cached_preset(offline_app) -> None:
     url, seconds = offline_app
     print(f"python app.py served its page {seconds:.1f} s after start (fake cache)")
     choices, value, banner = page_parts(httpx.get(f"{url}config", timeout=10).json())
-    assert choices == [preset.release for preset in PRESETS]
+    assert choices == [preset.release for preset in CACHED]
     assert value == BUNDLED_MODEL  # the default stays the bundled model
-    assert all(f"<code>{preset.release}</code>" in banner for preset in PRESETS)
+    assert all(f"<code>{preset.release}</code>" in banner for preset in CACHED)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("release", [preset.release for preset in PRESETS])
+@pytest.mark.parametrize("release", [preset.release for preset in CACHED])
 def test_every_preset_answers_offline_through_the_api(offline_app, release: str) -> None:
     url, _ = offline_app
     start = time.perf_counter()

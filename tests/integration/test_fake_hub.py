@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import scan_cache_dir
 
-from tests.fake_hub import GPT2_REPO, PYTHIA_REPO, FakeHub, repo_folder
+from tests.fake_hub import GPT2_REPO, PRESET_RELEASES, PYTHIA_REPO, FakeHub, repo_folder
 from tests.helpers import ROOT
-from token_trace.app.requests import PRESETS
 from token_trace.loading import missing_from_cache, release_info, release_is_cached
 from token_trace.records import Trace
 
@@ -88,7 +87,7 @@ def test_the_fake_cache_is_a_valid_huggingface_cache(fake_hub: FakeHub) -> None:
     info = scan_cache_dir(fake_hub.hub_cache)
     assert not info.warnings, info.warnings
     repos = {repo.repo_id: repo for repo in info.repos}
-    releases = [release_info(preset.release) for preset in PRESETS if preset.release != "ioi-demo"]
+    releases = [release_info(release) for release in PRESET_RELEASES]
     assert set(repos) == {GPT2_REPO, PYTHIA_REPO, *(entry.repo_id for entry in releases)}
     for entry in releases:
         (revision,) = repos[entry.repo_id].revisions
@@ -104,8 +103,8 @@ def test_the_fake_cache_is_a_valid_huggingface_cache(fake_hub: FakeHub) -> None:
 def test_every_preset_is_found_in_the_cache_and_a_missing_file_is_named(
     fake_hub: FakeHub, tmp_path: Path
 ) -> None:
-    for preset in PRESETS:
-        assert missing_from_cache(preset.release, fake_hub.hub_cache) == [], preset.release
+    for release in (*PRESET_RELEASES, "ioi-demo"):
+        assert missing_from_cache(release, fake_hub.hub_cache) == [], release
     empty = tmp_path / "empty"
     assert not release_is_cached("gpt2-small-res-jb", empty)
     assert release_is_cached("ioi-demo", empty)  # bundled: nothing to look up

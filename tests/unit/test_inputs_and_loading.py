@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pandas as pd
@@ -88,6 +89,94 @@ def test_gpt2_release_resolves_offline():
     info = loading.release_info("gpt2-small-res-jb")
     assert info.neuronpedia_id["blocks.11.hook_resid_post"] == "gpt2-small/12-res-jb"
     loading.check_release_matches_model(specs, "gpt2")
+
+
+@pytest.mark.parametrize(
+    ("model", "release", "expected"),
+    [
+        (
+            "gemma-2-2b",
+            "gemma-scope-2b-pt-res-canonical",
+            [f"layer_{layer}/width_16k/canonical" for layer in range(26)],
+        ),
+        (
+            "gemma-3-270m",
+            "gemma-scope-2-270m-pt-res",
+            [f"layer_{layer}_width_16k_l0_medium" for layer in (5, 9, 12, 15)],
+        ),
+    ],
+)
+def test_gemma_models_pick_their_release_and_one_hosted_16k_sae_per_hook(model, release, expected):
+    specs = loading.resolve_sae_specs(None, model)
+    assert {spec.release for spec in specs} == {release}
+    assert [spec.sae_id for spec in specs] == expected  # in layer order, one per hook
+    assert loading.resolve_sae_specs(release, model) == specs  # naming the release alone
+    loading.check_release_matches_model(specs, model)
+    loading.check_release_matches_model(specs, loading.release_model(release))
+    for spec in specs:  # every default is one Neuronpedia hosts, so links and labels work
+        hosted = loading.neuronpedia_id(release, spec.sae_id)
+        layer = spec.sae_id.split("_")[1].split("/")[0]
+        assert hosted is not None and hosted.startswith(f"{model}/{layer}-gemmascope")
+    assert loading.model_kwargs_for_release(release) == {}  # Gemma Scope: unprocessed weights
+
+
+def test_sae_choices_rank_hosted_then_narrow_then_canonical_and_others_stay_pickable():
+    choices = loading.sae_choices("gemma-scope-2-270m-pt-res")
+    assert list(choices) == ["layer_5", "layer_9", "layer_12", "layer_15"]
+    layer_12 = choices["layer_12"]
+    assert layer_12[:4] == tuple(
+        f"layer_12_width_{w}_l0_medium" for w in ("16k", "65k", "262k", "1m")
+    )
+    assert set(layer_12) == {
+        sae_id for sae_id in loading.release_info("gemma-scope-2-270m-pt-res").saes_map
+        if sae_id.startswith("layer_12_")
+    }  # fmt: skip
+    assert layer_12.index("layer_12_width_262k_l0_medium_seed_1") > layer_12.index(
+        "layer_12_width_262k_l0_medium"
+    )
+    # with no Neuronpedia ids to go by: the smallest width, then the canonical sparsity
+    assert loading.sae_choices("gemma-scope-2b-pt-res")["embedding"][0].startswith(
+        "embedding/width_4k/"
+    )
+    # a release with one SAE per hook keeps all of them, in its order
+    assert loading.release_sae_ids("gpt2-small-res-jb") == list(
+        loading.release_info("gpt2-small-res-jb").saes_map
+    )
+    # another SAE at a hook: name (release, sae_id) pairs
+    pairs = [("gemma-scope-2-270m-pt-res", "layer_12_width_65k_l0_medium")]
+    assert loading.resolve_sae_specs(pairs, "gemma-3-270m") == [SAESpec(*pairs[0])]
+
+
+def test_the_offline_shape_reader_reads_the_header_and_is_undone_after_each_load(
+    tmp_path, monkeypatch
+):
+    import huggingface_hub.constants
+    from sae_lens.loading import pretrained_sae_loaders
+    from safetensors.torch import save_file
+
+    path = tmp_path / "params.safetensors"
+    save_file({"w_enc": torch.zeros(3, 5), "threshold": torch.zeros(5)}, str(path))
+    assert loading.safetensors_shapes(path) == {"w_enc": [3, 5], "threshold": [5]}
+    original = pretrained_sae_loaders.get_safetensors_tensor_shapes
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with loading._shapes_from_cache_when_offline("gemma-scope-2-270m-pt-res"):
+        assert pretrained_sae_loaders.get_safetensors_tensor_shapes is not original
+    assert pretrained_sae_loaders.get_safetensors_tensor_shapes is original
+    for release in ("gemma-scope-2b-pt-res-canonical", "ioi-demo"):  # loaders that never ask
+        with loading._shapes_from_cache_when_offline(release):
+            assert pretrained_sae_loaders.get_safetensors_tensor_shapes is original
+
+
+def test_a_sharded_checkpoint_counts_as_cached_only_with_every_shard(tmp_path):
+    from tests.fake_hub import put_repo
+
+    shards = [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    index = {"metadata": {}, "weight_map": {f"w{i}": shard for i, shard in enumerate(shards)}}
+    files = {"model.safetensors.index.json": json.dumps(index).encode()}
+    put_repo(tmp_path, "google/gemma-2-2b", {**files, **{s: b"x" for s in shards[:2]}})
+    assert not loading._weights_cached("google/gemma-2-2b", tmp_path)
+    put_repo(tmp_path, "google/gemma-2-2b", {**files, **{s: b"x" for s in shards}})
+    assert loading._weights_cached("google/gemma-2-2b", tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,8 @@ def test_presets_are_registry_data():
         "gpt2-small",
         "gpt2-small",
         "pythia-70m-deduped",
+        "google/gemma-3-270m",
+        "gemma-2-2b",
         "ioi-demo",
     ]
     settings = make_settings(RequestFields(TEXT, release="ioi-demo"))

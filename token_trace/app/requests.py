@@ -58,8 +58,10 @@ class Preset:
         return f"{name} — {self.description}"
 
 
-#: Small enough to run on a CPU Space or a ZeroGPU slice; residual-stream SAEs of the standard
-#: (ReLU, linear decoder) kind the engine needs. The first one is the default when online.
+#: Residual-stream SAEs with the linear decoder the engine needs (ReLU or JumpReLU encoders);
+#: all but Gemma-2-2B (2.6B parameters) run on a CPU Space, Gemma-2-2B on a GPU. A release with
+#: several SAEs per hook loads one per hook (`loading.sae_choices`). The first preset is the
+#: default when online.
 PRESETS: tuple[Preset, ...] = (
     Preset(
         "gpt2-small-res-jb",
@@ -68,6 +70,14 @@ PRESETS: tuple[Preset, ...] = (
     ),
     Preset("gpt2-small-res_sll-ajt", "residual stream, layers 2/6/10, end-to-end SAEs (Apollo)"),
     Preset("pythia-70m-deduped-res-sm", "residual stream, 7 SAEs × 32,768 features (Marks)"),
+    Preset(
+        "gemma-scope-2-270m-pt-res",
+        "residual stream, layers 5/9/12/15, 16,384 JumpReLU features each (Gemma Scope 2)",
+    ),
+    Preset(
+        "gemma-scope-2b-pt-res-canonical",
+        "residual stream, 26 SAEs × 16,384 JumpReLU features (Gemma Scope)",
+    ),
     Preset(
         loading.BUNDLED_MODEL,
         "bundled IOI transformer and SAEs, works offline",
