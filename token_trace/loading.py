@@ -30,7 +30,7 @@ from transformer_lens.loading_from_pretrained import get_official_model_name
 
 from token_trace import demo
 from token_trace.network import finishes_within
-from token_trace.options import BUNDLED_MODEL, DEFAULT_MODEL, SAE_DTYPES, one_of
+from token_trace.options import BUNDLED_MODEL, DEFAULT_MODEL, MODEL_DTYPES, SAE_DTYPES, one_of
 
 HUB_URL = "https://huggingface.co"
 
@@ -46,7 +46,7 @@ DEFAULT_RELEASES: dict[str, str] = {
 class Bundle:
     """Loaders of a model and its SAE release that ship inside the package (no network)."""
 
-    load_model: Callable[[str], HookedTransformer]  # device -> model
+    load_model: Callable[[str, str], HookedTransformer]  # device, dtype -> model
     load_saes: Callable[[str, str], dict[str, SAE]]  # device, dtype -> SAEs by hook name
     sae_ids: Callable[[], list[str]]
     #: (hook name, feature index) -> the feature's offline card, or None where it has none.
@@ -151,6 +151,19 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def model_dtype(dtype: str, device: str) -> str:
+    """The precision a model is loaded in on `device`: `dtype` itself, or for "auto" bfloat16 on
+    a GPU that supports it (half the memory of float32, and its fast matrix units) and float32
+    elsewhere (CPUs have no fast bfloat16 products: see the README's "bf16 models")."""
+    one_of(dtype, "model dtype", MODEL_DTYPES)
+    if dtype != "auto":
+        return dtype
+    kind = torch.device(device).type
+    if kind == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
 def is_bundled(model_name: str) -> bool:
     return model_name in BUNDLED
 
@@ -225,30 +238,35 @@ def load_model(
     name: str = DEFAULT_MODEL,
     device: str | None = None,
     release: str | None = None,
+    dtype: str = "auto",
 ) -> HookedTransformer:
     """A model by name, with the weight processing its SAE release was trained on.
 
     `release` defaults to the model's default SAE release; its `model_from_pretrained_kwargs` decide
     how TransformerLens processes the weights, because SAEs trained on a processed model read
-    activations in that model's basis.
+    activations in that model's basis. `dtype` is the weights' precision (`model_dtype`: "auto"
+    is bfloat16 on a GPU, float32 on a CPU), in which TransformerLens also processes them.
     """
     device = device or default_device()
     canonical = _canonical_model_name(name)
     release = release or DEFAULT_RELEASES.get(name)
     kwargs = model_kwargs_for_release(release) if release else {}
+    precision = model_dtype(dtype, device)
     with _load_lock:
-        return _load_model_cached(canonical, device, tuple(sorted(kwargs.items())))
+        return _load_model_cached(canonical, device, precision, tuple(sorted(kwargs.items())))
 
 
 @functools.lru_cache(maxsize=4)
 def _load_model_cached(
-    canonical: str, device: str, kwargs: tuple[tuple[str, object], ...]
+    canonical: str, device: str, dtype: str, kwargs: tuple[tuple[str, object], ...]
 ) -> HookedTransformer:
     if is_bundled(canonical):
-        return BUNDLED[canonical].load_model(device)
+        return BUNDLED[canonical].load_model(device, dtype)
     _hub_online()
     try:
-        model = HookedTransformer.from_pretrained(canonical, device=device, **dict(kwargs))
+        model = HookedTransformer.from_pretrained(
+            canonical, device=device, dtype=getattr(torch, dtype), **dict(kwargs)
+        )
     except Exception as err:  # the hub raises many types; all mean the same to a user
         raise LoadError(
             f"Could not load model {canonical!r}.{_offline_hint('it')} "
