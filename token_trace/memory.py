@@ -50,14 +50,14 @@ CPU_CHUNK = 256
 #: MLP outputs; q, k, v, z; MLP pre- and post-activation, three of them when gated), and attention
 #: tensors per head per token pair (scores, pattern).
 RESIDUAL_TENSORS, HEAD_TENSORS, MLP_TENSORS, GATED_MLP_TENSORS, ATTENTION_TENSORS = 10, 4, 2, 3, 2
-#: Safety factor on the activation terms (allocator slack, temporaries the counts miss); the
-#: README gives the estimate's measured error.
+#: Safety factor on the trace's activation terms (allocator slack, temporaries the counts miss);
+#: the graph's term needs none (measured). The README gives the estimate's measured error.
 ACTIVATION_FACTOR = 1.5
 #: Process memory before loading, measured on this project's CPU machine (`python
 #: benchmarks/bench_memory.py --runtime`: importing token_trace's pipeline, graph and app service
 #: with Gradio); on a GPU, the CUDA context's device memory (PyTorch's is 0.3-0.5 GiB on recent
 #: GPUs; not measured here).
-CPU_RUNTIME_BYTES = int(1.1 * GIB)
+CPU_RUNTIME_BYTES = int(0.6 * GIB)
 CUDA_RUNTIME_BYTES = int(0.5 * GIB)
 #: ZeroGPU's default slice: `spaces`'s `ZEROGPU_CUDA_TOTAL_MEMORY` (74,625,056,768 bytes, the
 #: "70GB per workload" of the Hugging Face ZeroGPU docs: half an H200, MIG 3g.71gb).
@@ -183,12 +183,12 @@ def estimate(
     graph = 0
     if max_nodes is not None and saes:
         seeds = min(SEED_BATCH, max_nodes)
-        graph = seeds * block * max(_blocks_between(saes), 1) * 2  # activations and gradients
+        graph = seeds * block * max(_blocks_between(saes), 1)  # the seeds' batched gradients
     return MemoryEstimate(
         weights=model.n_elements * width,
         saes=sum(2 * s.d_in * s.d_sae + s.d_sae + s.d_in for s in saes) * _bytes_of(sae_dtype),
         activations=int(ACTIVATION_FACTOR * activations),
-        graph=int(ACTIVATION_FACTOR * graph),
+        graph=graph,
         runtime=CPU_RUNTIME_BYTES if on_cpu else CUDA_RUNTIME_BYTES,
     )
 
