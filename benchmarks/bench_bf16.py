@@ -21,9 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+SHOPS = ("When John and Mary went to the shops, John gave the bag to", " Mary")
 CASES = {
-    "gpt2-small": ("When John and Mary went to the shops, John gave the bag to", " Mary"),
-    "pythia-70m-deduped": ("When John and Mary went to the shops, John gave the bag to", " Mary"),
+    "gpt2-small-res-jb": SHOPS,
+    "pythia-70m-deduped-res-sm": SHOPS,
     "ioi-demo": ("When Mary and John went to the store, John gave a drink to", " Mary"),
 }
 
@@ -32,12 +33,14 @@ def compare() -> None:
     from tests.precision import edge_agreement, node_agreement
     from token_trace import trace
     from token_trace.graph import compute_graph
+    from token_trace.loading import release_model
 
-    for model, (text, answer) in CASES.items():
+    for release, (text, answer) in CASES.items():
+        model, options = release_model(release), {"answer": answer, "device": "cpu"}
         runs = {
             dtype: (
-                trace(text, model, answer=answer, device="cpu", model_dtype=dtype),
-                compute_graph(text, model, answer=answer, device="cpu", model_dtype=dtype),
+                trace(text, model, release, model_dtype=dtype, **options),
+                compute_graph(text, model, release, model_dtype=dtype, **options),
             )
             for dtype in ("float32", "bfloat16")
         }
@@ -46,7 +49,7 @@ def compare() -> None:
             node_agreement(exact.nodes, half.nodes),
             edge_agreement(exact_graph, half_graph),
         )
-        print(f"{model}: nodes {nodes}\n  edges {edges}", flush=True)
+        print(f"{release}: nodes {nodes}\n  edges {edges}", flush=True)
 
 
 def main() -> None:
