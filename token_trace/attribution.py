@@ -234,19 +234,23 @@ def _integrated_gradient(
     hook's own block.
     """
     nodes, weights = quadrature(rule, steps)
-    total = torch.zeros_like(clean_grad)
+    # The points and the average are float32 even for a bfloat16 model (whose blocks then read
+    # each point rounded once): a bf16 sum of N gradients would lose the small ones.
+    dtype = torch.promote_types(clean_grad.dtype, torch.float32)
+    total = torch.zeros_like(clean_grad, dtype=dtype)
     if nodes[0] == 0:
-        total += float(weights[0]) * clean_grad
+        total += float(weights[0]) * clean_grad.to(dtype)
         nodes, weights = nodes[1:], weights[1:]
     if not len(nodes):
         return total
-    alphas = torch.as_tensor(nodes, device=clean.device, dtype=clean.dtype)
-    weights = torch.as_tensor(weights, device=clean.device, dtype=clean_grad.dtype)
+    alphas = torch.as_tensor(nodes, device=clean.device, dtype=dtype)
+    weights = torch.as_tensor(weights, device=clean.device, dtype=dtype)
+    start_point, step = clean.to(dtype), (patch - clean).to(dtype)
     layer = block_index(hook_name)
     per_pass = _points_per_pass(len(alphas), batch, clean.device)
     for chunk, chunk_weights in zip(alphas.split(per_pass), weights.split(per_pass)):
         copies = len(chunk)
-        interpolated = clean + chunk.view(-1, *([1] * clean.ndim)) * (patch - clean)
+        interpolated = start_point + chunk.view(-1, *([1] * clean.ndim)) * step
         interpolated.requires_grad_(True)
 
         def swap_in(act: torch.Tensor, hook: HookPoint, points=interpolated) -> torch.Tensor:
@@ -300,9 +304,9 @@ def layer_nodes(
     A feature is a node where it is active in the clean run or in the baseline run.
 
     Only the encode runs in the SAE's dtype; the decoder products run in the activation's dtype,
-    at least fp32. With a bf16 SAE, `x = reconstruction + error` then still holds exactly in fp32
-    (the error node absorbs the encoder's rounding) and the gradients along features keep fp32
-    precision.
+    at least fp32 (a bfloat16 model's activations and gradients are promoted first). With a
+    bf16 SAE, `x = reconstruction + error` then still holds exactly in fp32 (the error node
+    absorbs the encoder's rounding) and the gradients along features keep fp32 precision.
     """
     n_pos = act.shape[0]
     dtype = torch.promote_types(act.dtype, torch.float32)

@@ -57,6 +57,7 @@ from token_trace.options import (
     Answer,
     GraphOptions,
     MetricArgument,
+    ModelDtype,
     PromptSpec,
     SAEDtype,
     TraceOptions,
@@ -286,6 +287,7 @@ def compute_graph(
     device: str | None = None,
     sae_dtype: SAEDtype = "float32",
     baseline_text: TextOrTokens | None = None,
+    model_dtype: ModelDtype = "auto",
 ) -> Graph:
     """Attribute `text` (attribution patching) and compute the graph of its top nodes.
 
@@ -295,7 +297,9 @@ def compute_graph(
     `Graph.prune`.
     """
     prompt = PromptSpec(text, answer, contrast, either(counterfactual, baseline_text))
-    options = TraceOptions(metric=metric, device=device, sae_dtype=sae_dtype)
+    options = TraceOptions(
+        metric=metric, device=device, sae_dtype=sae_dtype, model_dtype=model_dtype
+    )
     chosen = GraphOptions(max_nodes, node_threshold, edge_threshold, baseline_sources)
     return graph_of(prompt, resolve(model, saes, options), options, chosen)
 
@@ -556,9 +560,12 @@ def _in_order(nodes: pd.DataFrame) -> pd.DataFrame:
 
 
 def _embedding_directions(clean, base) -> torch.Tensor:
-    """Per position, the embedding minus its baseline (zero, or the counterfactual's)."""
+    """Per position, the embedding minus its baseline (zero, or the counterfactual's), in at
+    least float32 like every other node's delta (edges are accumulated in it)."""
     emb = clean.block_inputs[0][0].flatten(1)
-    return emb if base is None else emb - base.block_inputs[0][0].flatten(1)
+    dtype = torch.promote_types(emb.dtype, torch.float32)
+    emb = emb.to(dtype)
+    return emb if base is None else emb - base.block_inputs[0][0].flatten(1).to(dtype)
 
 
 @torch.no_grad()

@@ -68,11 +68,14 @@ def logits_at(
 
     The final norm and the unembedding act on each position alone, so slicing first is exact.
     The product is written out rather than calling `model.unembed`, which copies the transposed
-    `W_U` (154 MB for GPT-2) on every call to match Hugging Face's bf16 rounding.
+    `W_U` (154 MB for GPT-2) on every call to match Hugging Face's bf16 rounding. Logits come out
+    in at least float32, so a bfloat16 model's metric (a log-softmax over the vocabulary) and its
+    gradient start in float32.
     """
     if positions is not None:
         residual = residual[:, list(positions)]
     if model.cfg.normalization_type is not None:
         residual = model.ln_final(residual)
     logits = residual @ model.unembed.W_U + model.unembed.b_U
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return apply_softcap(logits, model.cfg.output_logits_soft_cap)

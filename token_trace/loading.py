@@ -34,7 +34,7 @@ from transformer_lens.loading_from_pretrained import get_official_model_name
 
 from token_trace import demo
 from token_trace.network import finishes_within
-from token_trace.options import BUNDLED_MODEL, DEFAULT_MODEL, SAE_DTYPES, one_of
+from token_trace.options import BUNDLED_MODEL, DEFAULT_MODEL, MODEL_DTYPES, SAE_DTYPES, one_of
 
 HUB_URL = "https://huggingface.co"
 
@@ -55,7 +55,7 @@ DEFAULT_RELEASES: dict[str, str] = {
 class Bundle:
     """Loaders of a model and its SAE release that ship inside the package (no network)."""
 
-    load_model: Callable[[str], HookedTransformer]  # device -> model
+    load_model: Callable[[str, str], HookedTransformer]  # device, dtype -> model
     load_saes: Callable[[str, str], dict[str, SAE]]  # device, dtype -> SAEs by hook name
     sae_ids: Callable[[], list[str]]
     #: (hook name, feature index) -> the feature's offline card, or None where it has none.
@@ -137,7 +137,7 @@ def go_offline() -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _hub_online() -> bool:
+def hub_online() -> bool:
     """Probe the hub once per process before the first download; when it cannot be reached,
     switch huggingface_hub to offline mode (as HF_HUB_OFFLINE=1 does): cached files still load,
     others fail in a moment with a clear message instead of half a minute of retries."""
@@ -148,7 +148,7 @@ def _hub_online() -> bool:
 
 
 def _offline_hint(what: str) -> str:
-    if _hub_online():
+    if hub_online():
         return ""
     return (
         f" The Hugging Face hub cannot be reached (or HF_HUB_OFFLINE is set), and {what} is not "
@@ -159,6 +159,16 @@ def _offline_hint(what: str) -> str:
 def default_device() -> str:
     """CUDA when present, else CPU: attribution is matrix work that a GPU does far faster."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def model_dtype(dtype: str, device: str) -> str:
+    """The precision a model is loaded in on `device`: `dtype` itself, or for "auto" bfloat16 on
+    a GPU (half the memory of float32, and its fast matrix units) and float32 elsewhere (CPUs
+    have no fast bfloat16 products: see the README's "bf16 models")."""
+    one_of(dtype, "model dtype", MODEL_DTYPES)
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if torch.device(device).type == "cuda" else "float32"
 
 
 def is_bundled(model_name: str) -> bool:
@@ -286,7 +296,7 @@ def model_kwargs_for_release(release: str) -> dict[str, object]:
     return dict(find_release(release).model_kwargs)
 
 
-def _canonical_model_name(name: str) -> str:
+def canonical_model_name(name: str) -> str:
     if is_bundled(name):
         return name
     try:
@@ -302,34 +312,39 @@ def load_model(
     name: str = DEFAULT_MODEL,
     device: str | None = None,
     release: str | None = None,
+    dtype: str = "auto",
 ) -> HookedTransformer:
     """A model by name, with the weight processing its SAE release was trained on.
 
     `release` defaults to the model's default SAE release; its `model_from_pretrained_kwargs` decide
     how TransformerLens processes the weights, because SAEs trained on a processed model read
-    activations in that model's basis.
+    activations in that model's basis. `dtype` is the weights' precision (`model_dtype`: "auto"
+    is bfloat16 on a GPU, float32 on a CPU), in which TransformerLens also processes them.
     """
     device = device or default_device()
-    canonical = _canonical_model_name(name)
+    canonical = canonical_model_name(name)
     release = release or DEFAULT_RELEASES.get(name)
     kwargs = model_kwargs_for_release(release) if release else {}
+    precision = model_dtype(dtype, device)
     with _load_lock:
-        return _load_model_cached(canonical, device, tuple(sorted(kwargs.items())))
+        return _load_model_cached(canonical, device, precision, tuple(sorted(kwargs.items())))
 
 
 @functools.lru_cache(maxsize=4)
 def _load_model_cached(
-    canonical: str, device: str, kwargs: tuple[tuple[str, object], ...]
+    canonical: str, device: str, dtype: str, kwargs: tuple[tuple[str, object], ...]
 ) -> HookedTransformer:
     if is_bundled(canonical):
-        return BUNDLED[canonical].load_model(device)
-    _hub_online()
+        return BUNDLED[canonical].load_model(device, dtype)
+    hub_online()
     try:
-        model = HookedTransformer.from_pretrained(canonical, device=device, **dict(kwargs))
+        model = HookedTransformer.from_pretrained(
+            canonical, device=device, dtype=getattr(torch, dtype), **dict(kwargs)
+        )
     except Exception as err:  # the hub raises many types; all mean the same to a user
         raise LoadError(
             f"Could not load model {canonical!r}.{_offline_hint('it')} "
-            f"({type(err).__name__}: {_first_line(err)}) Offline, use the bundled model "
+            f"({type(err).__name__}: {first_line(err)}) Offline, use the bundled model "
             f"{BUNDLED_MODEL!r}, which ships with token-trace."
         ) from err
     return model.eval()
@@ -341,7 +356,7 @@ def resolve_sae_specs(
     """Turn the `saes` argument into (release, sae_id) pairs, checking them against the registry."""
     if saes is None:
         if model_name not in DEFAULT_RELEASES:
-            _canonical_model_name(model_name)  # an unknown model is the first thing to say
+            canonical_model_name(model_name)  # an unknown model is the first thing to say
             raise ValueError(
                 f"No default SAE release is known for model {model_name!r}; pass saes= a SAELens "
                 "release name, a list of (release, sae_id) pairs or a {hook_name: SAE} dict."
@@ -363,9 +378,9 @@ def resolve_sae_specs(
 
 def check_release_matches_model(specs: Sequence[SAESpec], model_name: str) -> None:
     """Refuse SAEs trained on another model: their features would read meaningless activations."""
-    wanted = _canonical_model_name(model_name)
+    wanted = canonical_model_name(model_name)
     for release in {spec.release for spec in specs}:
-        trained_on = _canonical_model_name(release_model(release))
+        trained_on = canonical_model_name(release_model(release))
         if trained_on != wanted:
             raise ValueError(
                 f"SAE release {release!r} was trained on {release_model(release)!r}, "
@@ -408,14 +423,14 @@ def _load_sae_cached(release: str, sae_id: str, device: str, dtype: str) -> SAE:
     bundle = BUNDLED.get(release)
     if bundle is not None:
         return _bundled_saes(release, device, dtype)[sae_id]
-    _hub_online()
+    hub_online()
     try:
         with _shapes_from_cache_when_offline(release):
             sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
     except Exception as err:
         raise LoadError(
             f"Could not load SAE {sae_id!r} of release {release!r}.{_offline_hint('it')} "
-            f"({type(err).__name__}: {_first_line(err)}) Offline, use the bundled model "
+            f"({type(err).__name__}: {first_line(err)}) Offline, use the bundled model "
             f"{BUNDLED_MODEL!r}, which ships with its own SAEs."
         ) from err
     return sae.eval()
@@ -474,7 +489,7 @@ def _bundled_saes(release: str, device: str, dtype: str) -> dict[str, SAE]:
     return BUNDLED[release].load_saes(device, dtype)
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [""])[0]
 
 

@@ -5,7 +5,7 @@ commands) down to the engine:
 
 - `PromptSpec`: what to score on one prompt (its text, answer, contrast and counterfactual);
 - `TraceOptions`: how to attribute it (metric, method, integrated-gradient steps, SAE dtype,
-  device), shared by every prompt of a call;
+  device, model dtype), shared by every prompt of a call;
 - `GraphOptions`: which graph to keep (max nodes, node and edge thresholds).
 
 Each record checks its own values when it is made, so a bad option is refused with one message
@@ -43,6 +43,11 @@ IGRule = Literal["riemann", "gauss-legendre"]
 IG_RULES: tuple[str, ...] = get_args(IGRule)
 SAEDtype = Literal["float32", "bfloat16", "float16"]
 SAE_DTYPES: tuple[str, ...] = get_args(SAEDtype)
+#: The model's precision; "auto" is bfloat16 on a GPU that has it and float32 elsewhere
+#: (`token_trace.loading.model_dtype`). The engine accumulates nodes and edges in float32 either
+#: way; the README's "bf16 models" measures what bfloat16 changes.
+ModelDtype = Literal["auto", "float32", "bfloat16"]
+MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
 #: Named metrics; a callable from logits `[batch, pos, d_vocab]` to one value per row also works.
 MetricName = Literal["logprob", "logit_diff", "loss"]
 METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
@@ -169,6 +174,9 @@ class TraceOptions:
         "float32", "load the SAEs at this precision; half precision is for GPUs"
     )
     device: str | None = option(None, "cpu or cuda (default: cuda when present)")
+    model_dtype: ModelDtype = option(
+        "auto", "load named models at this precision; auto: bfloat16 on a GPU, float32 on a CPU"
+    )
 
     def __post_init__(self) -> None:
         one_of(self.method, "method", tuple(METHODS))
@@ -177,6 +185,7 @@ class TraceOptions:
         object.__setattr__(self, "ig_steps", steps or DEFAULT_IG_STEPS)
         one_of(self.ig_rule, "ig_rule", IG_RULES)
         one_of(self.sae_dtype, "SAE dtype", SAE_DTYPES)
+        one_of(self.model_dtype, "model dtype", MODEL_DTYPES)
         check_metric(self.metric)
 
     @property

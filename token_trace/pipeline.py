@@ -30,6 +30,7 @@ from token_trace.options import (
     IGRule,
     Method,
     MetricArgument,
+    ModelDtype,
     PromptSpec,
     SAEDtype,
     TraceOptions,
@@ -65,14 +66,14 @@ def resolve(
 ) -> Loaded:
     """The model object, its name, the SAEs by hook, and the record of each SAE."""
     options = options or TraceOptions()
-    device, sae_dtype = options.device, options.sae_dtype
+    device, sae_dtype, model_dtype = options.device, options.sae_dtype, options.model_dtype
     if isinstance(model, HookedTransformer):
         model_obj, model_name = model, model.cfg.model_name
     else:
         model_name = model
     if isinstance(saes, Mapping):
         if not isinstance(model, HookedTransformer):
-            model_obj = loading.load_model(model_name, device)
+            model_obj = loading.load_model(model_name, device, dtype=model_dtype)
         sae_dict = dict(saes)
         origins = {
             hook: (sae.cfg.metadata.get("sae_id") or hook, sae.cfg.metadata.get("release"))
@@ -82,7 +83,9 @@ def resolve(
         specs = loading.resolve_sae_specs(saes, model_name)
         loading.check_release_matches_model(specs, model_name)
         if not isinstance(model, HookedTransformer):
-            model_obj = loading.load_model(model_name, device, release=specs[0].release)
+            model_obj = loading.load_model(
+                model_name, device, release=specs[0].release, dtype=model_dtype
+            )
         sae_dict = loading.load_saes(specs, device=str(model_obj.cfg.device), dtype=sae_dtype)
         origins = {hook: (spec.sae_id, spec.release) for hook, spec in zip(sae_dict, specs)}
     loading.check_saes_fit_model(sae_dict, model_obj)
@@ -121,6 +124,7 @@ def trace(
     device: str | None = None,
     sae_dtype: SAEDtype = "float32",
     baseline_text: TextOrTokens | None = None,
+    model_dtype: ModelDtype = "auto",
 ) -> Trace:
     """Attribute a metric on `text` to every active SAE feature and SAE error node.
 
@@ -143,6 +147,9 @@ def trace(
         device: where to load named models and SAEs (CUDA when present by default).
         sae_dtype: "bfloat16" or "float16" loads named SAEs at half precision (half the memory,
             faster encodes on a GPU); only the encodes run in it.
+        model_dtype: the precision a named model is loaded in: "auto" (bfloat16 on a GPU,
+            float32 on a CPU), "float32" or "bfloat16". Nodes and edges are accumulated in
+            float32 either way.
 
     Returns:
         A `Trace`: the node table (`trace.nodes`, one row per node; `attribution` estimates
@@ -152,7 +159,10 @@ def trace(
     is an error; in a prompt it is an `UnknownWordsWarning` and an entry of `trace.warnings`.
     """
     prompt = PromptSpec(text, answer, contrast, either(counterfactual, baseline_text))
-    options = TraceOptions(metric, method, ig_steps, ig_rule, sae_dtype, device)
+    options = TraceOptions(
+        metric=metric, method=method, ig_steps=ig_steps, ig_rule=ig_rule,
+        sae_dtype=sae_dtype, device=device, model_dtype=model_dtype,
+    )  # fmt: skip
     (result,), _ = run_traces([prompt], resolve(model, saes, options), options)
     return result
 
@@ -172,6 +182,7 @@ def trace_batch(
     device: str | None = None,
     sae_dtype: SAEDtype = "float32",
     baseline_texts: Sequence[TextOrTokens] | None = None,
+    model_dtype: ModelDtype = "auto",
 ) -> list[Trace]:
     """`trace` for several prompts at once: one `Trace` per prompt.
 
@@ -182,7 +193,10 @@ def trace_batch(
     float rounding).
     """
     prompts = prompt_specs(texts, answers, contrasts, either(counterfactuals, baseline_texts))
-    options = TraceOptions(metric, method, ig_steps, ig_rule, sae_dtype, device)
+    options = TraceOptions(
+        metric=metric, method=method, ig_steps=ig_steps, ig_rule=ig_rule,
+        sae_dtype=sae_dtype, device=device, model_dtype=model_dtype,
+    )  # fmt: skip
     return run_traces(prompts, resolve(model, saes, options), options)[0]
 
 

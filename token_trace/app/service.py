@@ -23,17 +23,16 @@ import gradio as gr
 import pandas as pd
 import spaces
 import torch
-from transformer_lens import HookedTransformer
 
-from token_trace import loading
+from token_trace import loading, memory
 from token_trace.ablation import Verification, verify
 from token_trace.app.requests import MAX_GENERATE, MAX_TOKENS_ENV, PRESETS_BY_RELEASE, Settings
 from token_trace.circuit import Faithfulness, faithfulness_curve
 from token_trace.graph import Graph, graph_of
 from token_trace.interventions import Edit, Intervention, intervene
 from token_trace.neuronpedia_upload import UploadError
-from token_trace.options import GraphOptions
-from token_trace.pipeline import resolve, run_traces
+from token_trace.options import GraphOptions, TraceOptions
+from token_trace.pipeline import Loaded, resolve, run_traces
 from token_trace.prompts import tokenizer_length
 from token_trace.records import Trace
 
@@ -42,30 +41,81 @@ logger = logging.getLogger("token_trace.app")
 # --------------------------------------------------------------------------- loading
 
 
-def _load(model: str, release: str, sae_ids: Sequence[str]) -> HookedTransformer:
-    """The model, with the SAEs loaded too (the library caches both and loads each only once)."""
-    return resolve(model, [(release, sae_id) for sae_id in sae_ids]).model
+def _load(model: str, release: str, sae_ids: Sequence[str], options: TraceOptions) -> Loaded:
+    """The model and the SAEs (the library caches both and loads each only once)."""
+    return resolve(model, [(release, sae_id) for sae_id in sae_ids], options)
+
+
+def check_memory(
+    model: str,
+    release: str,
+    sae_ids: Sequence[str],
+    options: TraceOptions,
+    *,
+    n_tokens: int = 1,
+    max_nodes: int | None = None,
+    max_tokens: int | None = None,
+    loaded: Loaded | None = None,
+) -> None:
+    """Refuse (`memory.DoesNotFit`) a request whose estimated memory exceeds the device's
+    budget: before loading from the shapes by name (so a preset too large for the device is
+    never loaded), after loading from the loaded objects themselves. When the shapes cannot be
+    read before loading (offline, not cached), the check waits for the loaded objects."""
+    device = options.device or loading.default_device()
+    fit = functools.partial(
+        memory.require_fit,
+        what=release,
+        device=device,
+        model_dtype=loading.model_dtype(options.model_dtype, device),
+        sae_dtype=options.sae_dtype,
+        max_nodes=max_nodes,
+        token_limit=max_tokens,
+    )
+    if loaded is not None:
+        shapes = [memory.SAEShape.of(sae) for sae in loaded.saes.values()]
+        fit(memory.ModelShape.of(loaded.model), shapes, n_tokens)
+        return
+    try:
+        shape = memory.model_shape(model, release)
+        shapes = memory.sae_shapes(release, sae_ids, shape.d_model)
+    except ValueError as error:
+        logger.info("No memory estimate before loading: %s", error)
+        return
+    fit(shape, shapes, n_tokens)
 
 
 def preload(release: str) -> None:
-    """Load a preset's model and all its SAEs now (at a Space's startup, before any request)."""
-    _load(PRESETS_BY_RELEASE[release].model, release, loading.release_sae_ids(release))
+    """Load a preset's model and all its SAEs now (at a Space's startup, before any request),
+    unless they cannot fit this device (then requests for it get the refusal)."""
+    model, sae_ids = PRESETS_BY_RELEASE[release].model, loading.release_sae_ids(release)
+    try:
+        check_memory(model, release, sae_ids, TraceOptions())
+    except memory.DoesNotFit as error:
+        logger.warning("Not preloading %s: %s", release, error)
+        return
+    _load(model, release, sae_ids, TraceOptions())
 
 
-def load_and_check(settings: Settings, max_tokens: int) -> None:
-    """Load (or find cached) the request's model and SAEs, and apply the deployment's token cap.
+def load_and_check(settings: Settings, max_tokens: int, max_nodes: int | None = None) -> None:
+    """Load (or find cached) the request's model and SAEs, and apply the deployment's token cap
+    and memory budget (with a graph of `max_nodes` nodes when given).
 
     Runs in the main process, outside the GPU handler, on purpose: on ZeroGPU, weights loaded
     there are handed to every GPU worker, while weights loaded inside a worker would be loaded
     again for each request. The rest of the prompt is checked by the library during the run.
     """
-    model = _load(settings.model, settings.release, settings.sae_ids)
-    n_tokens = tokenizer_length(model, settings.text)
+    request = (settings.model, settings.release, settings.sae_ids, settings.options)
+    budget = {"max_nodes": max_nodes, "max_tokens": max_tokens}
+    check_memory(*request, **budget)
+    loaded = _load(*request)
+    n_tokens = tokenizer_length(loaded.model, settings.text)
     if n_tokens is not None and n_tokens > max_tokens:
         raise ValueError(
             f"The prompt is {n_tokens} tokens; this deployment attributes at most {max_tokens} "
             f"({MAX_TOKENS_ENV}). Shorten it."
         )
+    if n_tokens is not None:
+        check_memory(*request, n_tokens=n_tokens, loaded=loaded, **budget)
 
 
 def gpu_seconds(settings: Settings) -> int:
@@ -298,7 +348,7 @@ class Service:
         graph = self.cache.get(key)
         if graph is None:
             report(0.05, desc=f"Loading {settings.model} and its SAEs")
-            load_and_check(settings, self.max_tokens)
+            load_and_check(settings, self.max_tokens, max_nodes)
             report(0.3, desc=f"Computing the edges between {max_nodes} nodes")
             graph = graph_on_gpu(settings, max_nodes).with_labels(online=self.online_labels)
             self.cache.put(key, graph)

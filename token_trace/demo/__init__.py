@@ -46,9 +46,9 @@ def load_demo_tokenizer() -> PreTrainedTokenizerFast:
     return load_tokenizer(WEIGHTS_DIR / "tokenizer.json")
 
 
-def load_demo_model(device: str = "cpu") -> HookedTransformer:
+def load_demo_model(device: str = "cpu", dtype: str = "float32") -> HookedTransformer:
     """The trained demo transformer, in eval mode; `to_tokens` prepends BOS as for GPT-2."""
-    return load_model(WEIGHTS_DIR, load_demo_tokenizer(), device=device)
+    return load_model(WEIGHTS_DIR, load_demo_tokenizer(), device=device, dtype=dtype)
 
 
 def load_demo_saes(device: str = "cpu", dtype: str = "float32") -> dict[str, SAE]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase
@@ -37,11 +38,15 @@ CONFIG_FIELDS = (
 
 
 def load_model(
-    directory: Path, tokenizer: PreTrainedTokenizerBase, device: str = "cpu"
+    directory: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> HookedTransformer:
-    """Rebuild the model from `directory`, in eval mode on `device`."""
+    """Rebuild the model from `directory`, in eval mode on `device`, its weights in `dtype`
+    (the float32 file is cast as it is copied in)."""
     fields = json.loads((directory / CONFIG_FILE).read_text())
-    cfg = HookedTransformerConfig(**fields, device=device)
+    cfg = HookedTransformerConfig(**fields, device=device, dtype=getattr(torch, dtype))
     model = HookedTransformer(cfg, tokenizer=tokenizer)
     model.load_state_dict(load_file(directory / MODEL_FILE, device=device))
     return model.eval()
