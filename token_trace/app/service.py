@@ -23,11 +23,11 @@ import gradio as gr
 import pandas as pd
 import spaces
 import torch
-from transformer_lens import HookedTransformer
 
 from token_trace import loading
 from token_trace.ablation import Verification, verify
 from token_trace.app.requests import MAX_GENERATE, MAX_TOKENS_ENV, PRESETS_BY_RELEASE, Settings
+from token_trace.backend import Model
 from token_trace.circuit import Faithfulness, faithfulness_curve
 from token_trace.graph import Graph, graph_of
 from token_trace.interventions import Edit, Intervention, intervene
@@ -41,7 +41,7 @@ logger = logging.getLogger("token_trace.app")
 # --------------------------------------------------------------------------- loading
 
 
-def _load(model: str, release: str, sae_ids: Sequence[str]) -> HookedTransformer:
+def _load(model: str, release: str, sae_ids: Sequence[str]) -> Model:
     """The model, with the SAEs loaded too (the library caches both and loads each only once)."""
     return resolve(model, [(release, sae_id) for sae_id in sae_ids]).model
 
