@@ -666,12 +666,13 @@ def _pull_back(
     weights = torch.zeros(len(seeds), len(upstream_position), device=seeds.device)
     order = torch.argsort(seed_position, stable=True)
     columns = torch.arange(len(upstream_position), device=seeds.device)
+    last_block = _row_mlp_block(model, start_depth, end_depth)
     with model_lock(model), torch.enable_grad():
         for chunk in order.split(SEED_BATCH):
             length = int(seed_position[chunk].max()) + 1
             x_in = upstream_act[:length].detach().unsqueeze(0).requires_grad_(True)
             rows = torch.unique(seed_position[chunk])
-            with hooked(model, _mlp_at_rows_only(model, start_depth, end_depth, rows, length)):
+            with hooked(model, _mlp_at_rows_only(model, last_block, end_depth, rows, length)):
                 out = run_blocks(model, x_in, start_depth, end_depth)
             grad_out = out.new_zeros((len(chunk), *out.shape))
             rows = torch.arange(len(chunk), device=out.device)
@@ -691,8 +692,24 @@ def _pull_back(
     return weights
 
 
+def _row_mlp_block(model: Model, start_depth: int, end_depth: int) -> Any | None:
+    """The last block between two hooks when `_mlp_at_rows_only` applies to it, else None:
+    pre-norm blocks with a separate MLP (not parallel attention, not post-norm)."""
+    if end_depth <= start_depth:
+        return None
+    cfg = model.cfg
+    if (
+        cfg.attn_only
+        or cfg.parallel_attn_mlp
+        or f"blocks.{end_depth - 1}.ln2.hook_normalized" not in model.hook_dict
+        or backend.architecture(model) in POST_NORM_ARCHITECTURES
+    ):
+        return None
+    return model.blocks[end_depth - 1]
+
+
 def _mlp_at_rows_only(
-    model: Model, start_depth: int, end_depth: int, rows: torch.Tensor, length: int
+    model: Model, block: Any | None, end_depth: int, rows: torch.Tensor, length: int
 ) -> list[tuple[str, Any]]:
     """Hooks that keep the autograd graph of the last block's MLP at the seed positions only.
 
@@ -700,21 +717,12 @@ def _mlp_at_rows_only(
     each position separately, so the MLP's backward at any other position only multiplies zeros;
     yet the batched backward would run its products over every position (about three quarters of
     a GPT-2 block's work). The hooks run the MLP over all positions without a graph and recompute
-    it, with one, at `rows`. Exact: the gradients are the same. Only for pre-norm blocks with a
-    separate MLP (not parallel attention, not post-norm), and when the rows are not all positions.
+    it, with one, at `rows`. Exact: the gradients are the same. Only for the blocks
+    `_row_mlp_block` gives, and when the rows are not all positions.
     """
-    block = model.blocks[end_depth - 1] if end_depth > start_depth else None
-    name = f"blocks.{end_depth - 1}"
-    cfg = model.cfg
-    if (
-        block is None
-        or cfg.attn_only
-        or cfg.parallel_attn_mlp
-        or f"{name}.ln2.hook_normalized" not in model.hook_dict
-        or backend.architecture(model) in POST_NORM_ARCHITECTURES
-        or len(rows) >= length
-    ):
+    if block is None or len(rows) >= length:
         return []
+    name = f"blocks.{end_depth - 1}"
     stash: dict[str, torch.Tensor] = {}
 
     def keep_mid(act: torch.Tensor, name: str) -> torch.Tensor:

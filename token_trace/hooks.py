@@ -13,17 +13,14 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 from token_trace import backend
-from token_trace.backend import Model
-
-#: A forward hook: (activation, the hook name it was registered under) -> replacement or None.
-HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
+from token_trace.backend import HookFn, Model
 
 _locks: weakref.WeakKeyDictionary[Model, threading.RLock] = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
@@ -50,16 +47,8 @@ def model_lock(model: Model) -> threading.RLock:
 @contextmanager
 def hooked(model: Model, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
     """Add forward hooks for the duration of the block, holding the model's lock."""
-    named = [(name, _named(name, fn)) for name, fn in fwd_hooks]
-    with model_lock(model), model.hooks(fwd_hooks=named):
+    with model_lock(model), backend.hooks(model, fwd_hooks):
         yield
-
-
-def _named(name: str, fn: HookFn) -> Callable[..., torch.Tensor | None]:
-    def hook(act: torch.Tensor, hook: object) -> torch.Tensor | None:
-        return fn(act, name)
-
-    return hook
 
 
 def final_residual(

@@ -401,8 +401,9 @@ def _first_line(error: BaseException) -> str:
 
 def check_saes_fit_model(saes: Mapping[str, SAE], model: Model) -> None:
     """Each SAE must read an existing hook and have a linear decoder the engine can invert."""
+    hook_points = model.hook_dict  # a TransformerBridge builds it anew on each read
     for hook_name, sae in saes.items():
-        if hook_name not in model.hook_dict:
+        if hook_name not in hook_points:
             raise ValueError(f"The model has no hook point {hook_name!r} for an SAE to read.")
         if sae.cfg.normalize_activations != "none":
             raise ValueError(

@@ -315,6 +315,7 @@ def _trace_record(
         baseline_token_ids=None if baseline_tokens is None else tuple(baseline_tokens[0].tolist()),
         top_predictions=_top_predictions(loaded.model, result.last_logits),
         warnings=(*notes, *_answer_warnings(loaded.model, spec, prompt, result)),
+        backend=backend_of(loaded.model),
     )
 
 

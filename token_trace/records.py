@@ -34,7 +34,7 @@ from token_trace.nodes import (
     position_totals,
     top_nodes,
 )
-from token_trace.options import Baseline, Method
+from token_trace.options import Backend, Baseline, Method
 
 if TYPE_CHECKING:
     from token_trace.explanations import Neuronpedia
@@ -141,6 +141,9 @@ class Trace:
     """The model's most likely next tokens after the last position, most likely first."""
     warnings: tuple[str, ...] = field(default=())
     """Things a reader should know before trusting the result (e.g. unknown words)."""
+    backend: Backend = "hooked"
+    """The TransformerLens class that ran the model (`hooked`: HookedTransformer, `bridge`:
+    TransformerBridge); reruns from the trace (ablations, interventions, graphs) load the same."""
 
     # ------------------------------------------------------------------ reading
 
@@ -338,4 +341,5 @@ def _from_parts(meta: Mapping[str, Any], columns: Mapping[str, Sequence[Any]]) -
         baseline_token_ids=None if baseline_ids is None else tuple(baseline_ids),
         top_predictions=tuple(Prediction(**p) for p in meta["top_predictions"]),
         warnings=tuple(meta["warnings"]),
+        backend=meta.get("backend", "hooked"),  # files from before the bridge: HookedTransformer
     )

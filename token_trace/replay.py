@@ -34,7 +34,8 @@ def model_and_saes(
     saes: Mapping[str, SAE] | None = None,
     device: str | None = None,
 ) -> tuple[Model, Mapping[str, SAE]]:
-    """The trace's model and SAEs: the ones given, else loaded by name (cached) from its records.
+    """The trace's model and SAEs: the ones given, else loaded by name (cached) from its records,
+    the model as the class that ran it (`Trace.backend`).
 
     SAEs the trace has no release for (a caller's own) must be given.
     """
@@ -44,10 +45,12 @@ def model_and_saes(
             raise ValueError(f"The trace has no release for the SAEs at {missing}; pass saes=.")
         specs = [loading.SAESpec(record.release, record.sae_id) for record in result.saes]
         if model is None:
-            model = loading.load_model(result.model, device, release=specs[0].release)
+            model = loading.load_model(
+                result.model, device, release=specs[0].release, backend=result.backend
+            )
         saes = loading.load_saes(specs, device=str(model.cfg.device))
     elif model is None:
-        model = loading.load_model(result.model, device)
+        model = loading.load_model(result.model, device, backend=result.backend)
     return model, saes
 
 
