@@ -1,11 +1,11 @@
 """Models and SAEs by name.
 
 Everything that touches the network lives here: TransformerLens's `from_pretrained` (or
-`TransformerBridge.boot_transformers`, with backend "bridge") for models and
-the SAELens registry for SAE releases. The bundled offline model (`ioi-demo`) is served from files
-inside the package through the same SAELens disk loader a downloaded release goes through. Loaded
-objects are cached per (name, device) because loading GPT-2 small and its 13 SAEs takes far longer
-than an attribution run.
+`TransformerBridge.boot_transformers` with backend "bridge") for models and the SAELens registry
+for SAE releases. The bundled offline model (`ioi-demo`) is served from files inside the package
+through the same SAELens disk loader a downloaded release goes through. Loaded objects are cached
+per (name, device, backend) because loading GPT-2 small and its 13 SAEs takes far longer than an
+attribution run.
 """
 
 from __future__ import annotations
