@@ -53,6 +53,7 @@ from token_trace.options import (
     DEFAULT_MAX_NODES,
     DEFAULT_NODE_THRESHOLD,
     METHODS,
+    default_backend,
 )
 
 logger = logging.getLogger("token_trace.app")
@@ -636,6 +637,7 @@ def create_app(offline: bool | None = None, max_tokens: int | None = None) -> gr
         offline = not hub_reachable()
     if max_tokens is None:
         max_tokens = max_tokens_from_env()
+    default_backend()  # a bad $TOKEN_TRACE_BACKEND stops the app here, naming the variable
     if offline:
         go_offline()
     service = Service(max_tokens, online_labels=not offline, max_generate=max_generate_from_env())

@@ -1,6 +1,6 @@
 """Estimated against measured peak memory on the CPU, for a trace and a graph at a few lengths.
 
-Each case runs in a fresh interpreter (peak resident memory, `ru_maxrss`, counts everything the
+Each case runs in a fresh interpreter (peak resident memory, `VmHWM`, counts everything the
 process ever held: PyTorch's allocations are invisible to tracemalloc) that loads a model and its
 SAEs, runs `compute_graph` (an attribution-patching trace, then the edges of its 200 largest
 nodes) on a prompt of random tokens of the given length, and prints its peak next to
@@ -40,7 +40,15 @@ MAX_NODES = 200
 
 
 def peak_bytes() -> int:
-    """This process's peak resident memory (Linux reports KiB)."""
+    """This process's peak resident memory: Linux's `VmHWM`, the high-water mark of this
+    program's own address space. `ru_maxrss` is not: Linux carries it over from the forking
+    parent across `exec`, so a case started from a large process (a test session holding other
+    models) would report the parent's size (a test measured 3.26 GB for a 0.73 GB case)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 from sae_lens import SAE
-from transformer_lens import HookedTransformer
 
+from token_trace.backend import Model
 from token_trace.hooks import final_residual, logits_at
 from token_trace.metrics import Metric
 from token_trace.replay import model_and_saes, replay
@@ -43,13 +43,13 @@ def nodes_in(table: pd.DataFrame) -> list[Node]:
 
 
 @torch.no_grad()
-def _metric(model: HookedTransformer, tokens: torch.Tensor, metric: Metric) -> torch.Tensor:
+def _metric(model: Model, tokens: torch.Tensor, metric: Metric) -> torch.Tensor:
     return metric(logits_at(model, final_residual(model, tokens), metric.positions))
 
 
 @torch.no_grad()
 def sae_leaves(
-    model: HookedTransformer, saes: Mapping[str, SAE], tokens: torch.Tensor
+    model: Model, saes: Mapping[str, SAE], tokens: torch.Tensor
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Every SAE's features `[batch, pos, d_sae]` and errors `[batch, pos, d_in]` on `tokens`
     (the baseline values of a counterfactual run)."""
@@ -59,7 +59,7 @@ def sae_leaves(
 
 
 def ablation_effects(
-    model: HookedTransformer,
+    model: Model,
     saes: Mapping[str, SAE],
     tokens: torch.Tensor,
     metric: Metric,
@@ -120,7 +120,7 @@ def ablate(
     result: Trace,
     node_sets: Sequence[Sequence[Node]],
     *,
-    model: HookedTransformer | None = None,
+    model: Model | None = None,
     saes: Mapping[str, SAE] | None = None,
     device: str | None = None,
 ) -> np.ndarray:
@@ -164,7 +164,7 @@ def verify(
     k: int = 20,
     *,
     exclude_bos: bool = True,
-    model: HookedTransformer | None = None,
+    model: Model | None = None,
     saes: Mapping[str, SAE] | None = None,
     device: str | None = None,
 ) -> Verification:

@@ -28,9 +28,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from sae_lens import SAE
-from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookPoint
 
+from token_trace.backend import Model
 from token_trace.hook_names import block_index, resid_pre
 from token_trace.hooks import final_residual, hooked, logits_at
 from token_trace.metrics import Metric
@@ -111,7 +110,7 @@ class Batch:
         lengths = torch.tensor(self.lengths, device=self.tokens.device)
         return positions < lengths.unsqueeze(1)
 
-    def metric_values(self, model: HookedTransformer, residual: torch.Tensor) -> torch.Tensor:
+    def metric_values(self, model: Model, residual: torch.Tensor) -> torch.Tensor:
         """Each prompt's metric on `residual` (`[copies * batch, T, d_model]`), `[copies, batch]`.
 
         Rows are copy-major: row `c * batch + b` belongs to prompt `b`.
@@ -136,7 +135,7 @@ class CapturedPass:
 
 
 def capture_pass(
-    model: HookedTransformer,
+    model: Model,
     batch: Batch,
     tokens: torch.Tensor,
     hook_names: list[str],
@@ -151,15 +150,15 @@ def capture_pass(
     acts: dict[str, torch.Tensor] = {}
     block_inputs: dict[int, torch.Tensor] = {}
 
-    def capture(act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+    def capture(act: torch.Tensor, name: str) -> torch.Tensor:
         if with_grads and not act.requires_grad:
             # Nothing upstream needs a gradient (frozen weights): make the hook a leaf.
             act = act.detach().requires_grad_(True)
-        acts[hook.name] = act
+        acts[name] = act
         return act
 
-    def capture_resid(act: torch.Tensor, hook: HookPoint) -> None:
-        block_inputs[block_index(hook.name)] = act.detach()
+    def capture_resid(act: torch.Tensor, name: str) -> None:
+        block_inputs[block_index(name)] = act.detach()
 
     fwd_hooks = [(name, capture) for name in hook_names]
     fwd_hooks += [(resid_pre(layer), capture_resid) for layer in input_blocks]
@@ -214,7 +213,7 @@ def quadrature(rule: str, points: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _integrated_gradient(
-    model: HookedTransformer,
+    model: Model,
     batch: Batch,
     hook_name: str,
     clean: torch.Tensor,
@@ -253,7 +252,7 @@ def _integrated_gradient(
         interpolated = start_point + chunk.view(-1, *([1] * clean.ndim)) * step
         interpolated.requires_grad_(True)
 
-        def swap_in(act: torch.Tensor, hook: HookPoint, points=interpolated) -> torch.Tensor:
+        def swap_in(act: torch.Tensor, name: str, points=interpolated) -> torch.Tensor:
             return points.flatten(0, 1).to(act.dtype)
 
         if layer is None:
@@ -381,12 +380,12 @@ class AttributionRun:
     clean: CapturedPass
     baseline: CapturedPass | None
     #: What the run ran on, so callers going on from it (graphs) never resolve them again.
-    model: HookedTransformer
+    model: Model
     saes: Mapping[str, SAE]
 
 
 def attribute(
-    model: HookedTransformer,
+    model: Model,
     saes: Mapping[str, SAE],
     batch: Batch,
     options: TraceOptions | None = None,

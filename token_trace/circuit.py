@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 import torch
 from sae_lens import SAE
-from transformer_lens import HookedTransformer
 
 from token_trace.ablation import sae_leaves
+from token_trace.backend import Model
 from token_trace.hooks import final_residual, logits_at
 from token_trace.node_refs import node_ids as format_node_ids
 from token_trace.node_refs import resolve_node
@@ -105,7 +105,7 @@ def faithfulness(
     result: Trace,
     node_ids: Sequence[str],
     *,
-    model: HookedTransformer | None = None,
+    model: Model | None = None,
     saes: Mapping[str, SAE] | None = None,
     device: str | None = None,
 ) -> Faithfulness:
@@ -124,7 +124,7 @@ def faithfulness_curve(
     *,
     complement: bool = False,
     graph: Graph | None = None,
-    model: HookedTransformer | None = None,
+    model: Model | None = None,
     saes: Mapping[str, SAE] | None = None,
     device: str | None = None,
 ) -> pd.DataFrame:
@@ -184,7 +184,7 @@ def greedy_order(
     pool: int | None = None,
     drop: float = GREEDY_DROP,
     *,
-    model: HookedTransformer | None = None,
+    model: Model | None = None,
     saes: Mapping[str, SAE] | None = None,
     device: str | None = None,
 ) -> list[str]:
@@ -282,7 +282,7 @@ class _Runner:
     def __init__(
         self,
         result: Trace,
-        model: HookedTransformer | None,
+        model: Model | None,
         saes: Mapping[str, SAE] | None,
         device: str | None,
     ) -> None:

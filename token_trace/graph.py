@@ -36,13 +36,14 @@ import numpy as np
 import pandas as pd
 import torch
 from sae_lens import SAE
-from transformer_lens import HookedTransformer
 from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
 
+from token_trace import backend
 from token_trace.attribution import AttributionRun, Batch, CapturedPass, capture_pass
+from token_trace.backend import Model
 from token_trace.files import write_text
 from token_trace.hook_names import is_residual, residual_depth
-from token_trace.hooks import hooked, model_lock
+from token_trace.hooks import hooked, model_lock, run_blocks
 from token_trace.metrics import target_probability
 from token_trace.neuronpedia_upload import UPLOAD_TIMEOUT
 from token_trace.node_refs import node_ids
@@ -55,6 +56,7 @@ from token_trace.options import (
     DEFAULT_NODE_THRESHOLD,
     NODE_TYPES,
     Answer,
+    Backend,
     GraphOptions,
     MetricArgument,
     ModelDtype,
@@ -178,7 +180,7 @@ class Graph:
     def faithfulness(
         self,
         *,
-        model: HookedTransformer | None = None,
+        model: Model | None = None,
         saes: Mapping[str, SAE] | None = None,
         device: str | None = None,
     ) -> Faithfulness:
@@ -273,7 +275,7 @@ class Graph:
 
 def compute_graph(
     text: TextOrTokens,
-    model: str | HookedTransformer = DEFAULT_MODEL,
+    model: str | Model = DEFAULT_MODEL,
     saes: SAEArgument = None,
     *,
     answer: Answer | None = None,
@@ -286,6 +288,7 @@ def compute_graph(
     baseline_sources: bool = DEFAULT_BASELINE_SOURCES,
     device: str | None = None,
     sae_dtype: SAEDtype = "float32",
+    backend: Backend | None = None,
     baseline_text: TextOrTokens | None = None,
     model_dtype: ModelDtype = "auto",
 ) -> Graph:
@@ -298,8 +301,9 @@ def compute_graph(
     """
     prompt = PromptSpec(text, answer, contrast, either(counterfactual, baseline_text))
     options = TraceOptions(
-        metric=metric, device=device, sae_dtype=sae_dtype, model_dtype=model_dtype
-    )
+        metric=metric, device=device, sae_dtype=sae_dtype, model_dtype=model_dtype,
+        backend=backend,
+    )  # fmt: skip
     chosen = GraphOptions(max_nodes, node_threshold, edge_threshold, baseline_sources)
     return graph_of(prompt, resolve(model, saes, options), options, chosen)
 
@@ -316,7 +320,7 @@ def graph_of(
 def graph_from_trace(
     result: Trace,
     *,
-    model: HookedTransformer | None = None,
+    model: Model | None = None,
     saes: Mapping[str, SAE] | None = None,
     max_nodes: int | None = DEFAULT_MAX_NODES,
     node_threshold: float | None = DEFAULT_NODE_THRESHOLD,
@@ -349,7 +353,7 @@ def _check_graphable(result: Trace) -> None:
 def _graph(
     result: Trace,
     passes: Passes,
-    model: HookedTransformer,
+    model: Model,
     saes: Mapping[str, SAE],
     options: GraphOptions,
 ) -> Graph:
@@ -400,7 +404,7 @@ class Passes:
     base: CapturedPass | None
 
 
-def capture(result: Trace, model: HookedTransformer, saes: Mapping[str, SAE]) -> Passes:
+def capture(result: Trace, model: Model, saes: Mapping[str, SAE]) -> Passes:
     """Run the model again on a trace's inputs, capturing what the edges need."""
     hook_names = [record.hook_name for record in result.saes]
     inputs = replay(result, model)
@@ -420,7 +424,7 @@ def capture(result: Trace, model: HookedTransformer, saes: Mapping[str, SAE]) ->
 def _layer_edges(
     result: Trace,
     passes: Passes,
-    model: HookedTransformer,
+    model: Model,
     saes: Mapping[str, SAE],
     candidates: pd.DataFrame,
 ) -> list[pd.DataFrame]:
@@ -675,7 +679,7 @@ def _seeds_by_autograd(
 
 
 def _pull_back(
-    model: HookedTransformer,
+    model: Model,
     upstream_act: torch.Tensor,
     start_depth: int,
     end_depth: int,
@@ -694,20 +698,18 @@ def _pull_back(
     weights = torch.zeros(len(seeds), len(upstream_position), device=seeds.device)
     order = torch.argsort(seed_position, stable=True)
     columns = torch.arange(len(upstream_position), device=seeds.device)
-    blocks = model.blocks[start_depth:end_depth]
+    last_block = _row_mlp_block(model, start_depth, end_depth)
     with model_lock(model), torch.enable_grad():
         for chunk in order.split(SEED_BATCH):
             length = int(seed_position[chunk].max()) + 1
             x_in = upstream_act[:length].detach().unsqueeze(0).requires_grad_(True)
             rows = torch.unique(seed_position[chunk])
-            with hooked(model, _mlp_at_rows_only(model, start_depth, end_depth, rows, length)):
-                out = x_in
-                for block in blocks:
-                    out = block(out)
+            with hooked(model, _mlp_at_rows_only(model, last_block, end_depth, rows, length)):
+                out = run_blocks(model, x_in, start_depth, end_depth)
             grad_out = out.new_zeros((len(chunk), *out.shape))
             rows = torch.arange(len(chunk), device=out.device)
             grad_out[rows, 0, seed_position[chunk]] = seeds[chunk].to(out.dtype)
-            if out is x_in:  # no block between (the embedding under resid_pre 0): identity
+            if start_depth == end_depth:  # no block between (the embedding under resid_pre 0)
                 pulled = grad_out
             else:
                 (pulled,) = torch.autograd.grad(
@@ -722,8 +724,24 @@ def _pull_back(
     return weights
 
 
+def _row_mlp_block(model: Model, start_depth: int, end_depth: int) -> Any | None:
+    """The last block between two hooks when `_mlp_at_rows_only` applies to it, else None:
+    pre-norm blocks with a separate MLP (not parallel attention, not post-norm)."""
+    if end_depth <= start_depth:
+        return None
+    cfg = model.cfg
+    if (
+        cfg.attn_only
+        or cfg.parallel_attn_mlp
+        or f"blocks.{end_depth - 1}.ln2.hook_normalized" not in model.hook_dict
+        or backend.architecture(model) in POST_NORM_ARCHITECTURES
+    ):
+        return None
+    return model.blocks[end_depth - 1]
+
+
 def _mlp_at_rows_only(
-    model: HookedTransformer, start_depth: int, end_depth: int, rows: torch.Tensor, length: int
+    model: Model, block: Any | None, end_depth: int, rows: torch.Tensor, length: int
 ) -> list[tuple[str, Any]]:
     """Hooks that keep the autograd graph of the last block's MLP at the seed positions only.
 
@@ -731,35 +749,27 @@ def _mlp_at_rows_only(
     each position separately, so the MLP's backward at any other position only multiplies zeros;
     yet the batched backward would run its products over every position (about three quarters of
     a GPT-2 block's work). The hooks run the MLP over all positions without a graph and recompute
-    it, with one, at `rows`. Exact: the gradients are the same. Only for pre-norm blocks with a
-    separate MLP (not parallel attention, not post-norm), and when the rows are not all positions.
+    it, with one, at `rows`. Exact: the gradients are the same. Only for the blocks
+    `_row_mlp_block` gives, and when the rows are not all positions.
     """
-    block = model.blocks[end_depth - 1] if end_depth > start_depth else None
-    name = f"blocks.{end_depth - 1}"
-    cfg = model.cfg
-    if (
-        block is None
-        or cfg.attn_only
-        or cfg.parallel_attn_mlp
-        or f"{name}.ln2.hook_normalized" not in model.hook_dict
-        or cfg.original_architecture in POST_NORM_ARCHITECTURES
-        or len(rows) >= length
-    ):
+    if block is None or len(rows) >= length:
         return []
+    name = f"blocks.{end_depth - 1}"
     stash: dict[str, torch.Tensor] = {}
 
-    def keep_mid(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        stash["mid"] = act
+    def keep_mid(act: torch.Tensor, name: str) -> torch.Tensor:
+        if act.shape[1] == length:  # not the recomputation (a bridge's ln2 input is this hook)
+            stash["mid"] = act
         return act
 
-    def without_graph(act: torch.Tensor, hook: Any) -> torch.Tensor:
+    def without_graph(act: torch.Tensor, name: str) -> torch.Tensor:
         # The full pass (every position) runs without a graph; the recomputation at `rows` keeps it.
         return act.detach() if act.shape[1] == length else act
 
-    def rows_with_graph(act: torch.Tensor, hook: Any) -> torch.Tensor:
+    def rows_with_graph(act: torch.Tensor, name: str) -> torch.Tensor:
         if act.shape[1] != length:  # the recomputation's own pass through this hook
             return act
-        recomputed = block.apply_mlp(block.ln2(stash["mid"][:, rows]))
+        recomputed = backend.mlp(model, block, stash["mid"][:, rows])
         return act.detach().index_copy(1, rows, recomputed.to(act.dtype))
 
     return [

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 
 import torch
 from sae_lens import SAE
-from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookPoint
 
 from token_trace.ablation import sae_leaves
+from token_trace.backend import Model
 from token_trace.hooks import final_residual, hooked, logits_at
 from token_trace.node_refs import NodeRef, check_syntax, resolve_node
 from token_trace.pipeline import _top_predictions
@@ -133,7 +132,7 @@ def intervene(
     edits: Sequence[Edit],
     generate: int = 0,
     *,
-    model: HookedTransformer | None = None,
+    model: Model | None = None,
     saes: Mapping[str, SAE] | None = None,
     device: str | None = None,
 ) -> Intervention:
@@ -152,7 +151,7 @@ def intervene_many(
     edit_sets: Sequence[Sequence[Edit]],
     generate: int = 0,
     *,
-    model: HookedTransformer | None = None,
+    model: Model | None = None,
     saes: Mapping[str, SAE] | None = None,
     device: str | None = None,
 ) -> list[Intervention]:
@@ -236,9 +235,7 @@ def _target_position(result: Trace, n_tokens: int) -> int:
     return n_tokens - 1
 
 
-def _generate(
-    model: HookedTransformer, tokens: torch.Tensor, logits: torch.Tensor, n: int
-) -> torch.Tensor:
+def _generate(model: Model, tokens: torch.Tensor, logits: torch.Tensor, n: int) -> torch.Tensor:
     """`tokens` `[rows, T]` followed by `n` greedy tokens per row, from the prompt's last logits.
 
     Each step reruns the whole sequence (no cache), so the hooks edit every position again, the
@@ -251,14 +248,14 @@ def _generate(
     return tokens
 
 
-def _text(model: HookedTransformer, ids: torch.Tensor) -> str:
+def _text(model: Model, ids: torch.Tensor) -> str:
     if model.tokenizer is None:
         return " ".join(str(int(i)) for i in ids)
     return model.tokenizer.decode(ids.tolist(), clean_up_tokenization_spaces=False)
 
 
 def _logit_change(
-    model: HookedTransformer,
+    model: Model,
     position: int,
     target_id: int | None,
     before: torch.Tensor,
@@ -370,7 +367,7 @@ class _EditHook:
         )
 
     @torch.no_grad()
-    def __call__(self, act: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+    def __call__(self, act: torch.Tensor, name: str) -> torch.Tensor:
         n_rows, n_pos = act.shape[:2]
         position, row, feature, kind, number = self._expanded(n_pos)
         dtype = torch.promote_types(act.dtype, torch.float32)

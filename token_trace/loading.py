@@ -1,10 +1,11 @@
 """Models and SAEs by name.
 
-Everything that touches the network lives here: TransformerLens's `from_pretrained` for models and
-the SAELens registry for SAE releases. The bundled offline model (`ioi-demo`) is served from files
-inside the package through the same SAELens disk loader a downloaded release goes through. Loaded
-objects are cached per (name, device) because loading GPT-2 small and its 13 SAEs takes far longer
-than an attribution run.
+Everything that touches the network lives here: TransformerLens's `from_pretrained` (or
+`TransformerBridge.boot_transformers` with backend "bridge") for models and the SAELens registry
+for SAE releases. The bundled offline model (`ioi-demo`) is served from files inside the package
+through the same SAELens disk loader a downloaded release goes through. Loaded objects are cached
+per (name, device, backend) because loading GPT-2 small and its 13 SAEs takes far longer than an
+attribution run.
 """
 
 from __future__ import annotations
@@ -31,10 +32,20 @@ from sae_lens.loading.pretrained_saes_directory import (
 )
 from transformer_lens import HookedTransformer
 from transformer_lens.loading_from_pretrained import get_official_model_name
+from transformer_lens.model_bridge import TransformerBridge
 
 from token_trace import demo
+from token_trace.backend import Model
 from token_trace.network import finishes_within
-from token_trace.options import BUNDLED_MODEL, DEFAULT_MODEL, MODEL_DTYPES, SAE_DTYPES, one_of
+from token_trace.options import (
+    BACKENDS,
+    BUNDLED_MODEL,
+    DEFAULT_MODEL,
+    MODEL_DTYPES,
+    SAE_DTYPES,
+    default_backend,
+    one_of,
+)
 
 HUB_URL = "https://huggingface.co"
 
@@ -313,34 +324,82 @@ def load_model(
     device: str | None = None,
     release: str | None = None,
     dtype: str = "auto",
-) -> HookedTransformer:
+    backend: str | None = None,
+) -> Model:
     """A model by name, with the weight processing its SAE release was trained on.
 
     `release` defaults to the model's default SAE release; its `model_from_pretrained_kwargs` decide
     how TransformerLens processes the weights, because SAEs trained on a processed model read
     activations in that model's basis. `dtype` is the weights' precision (`model_dtype`: "auto"
     is bfloat16 on a GPU, float32 on a CPU), in which TransformerLens also processes them.
+
+    `backend` picks the class (None: `options.default_backend()`): "hooked" loads a
+    `HookedTransformer` with `from_pretrained`; "bridge" boots a `TransformerBridge` on the
+    Hugging Face checkpoint and applies the same processing with `enable_compatibility_mode`.
+    The bundled model is a HookedTransformer either way: it is built from the package's own
+    files, not from a Hugging Face checkpoint the bridge could wrap.
     """
+    backend = one_of(backend or default_backend(), "backend", BACKENDS)
     device = device or default_device()
     canonical = canonical_model_name(name)
     release = release or DEFAULT_RELEASES.get(name)
     kwargs = model_kwargs_for_release(release) if release else {}
     precision = model_dtype(dtype, device)
+    if is_bundled(canonical):
+        backend = "hooked"
+    elif backend == "bridge":
+        _bridge_processing(kwargs)  # a processing the bridge cannot apply is refused before loading
     with _load_lock:
-        return _load_model_cached(canonical, device, precision, tuple(sorted(kwargs.items())))
+        return _load_model_cached(
+            canonical, device, precision, tuple(sorted(kwargs.items())), backend
+        )
+
+
+#: The `from_pretrained` processing options that `TransformerBridge.enable_compatibility_mode`
+#: takes under the same names and with the same defaults (all that SAELens's registry uses).
+BRIDGE_PROCESSING = (
+    "fold_ln",
+    "center_writing_weights",
+    "center_unembed",
+    "fold_value_biases",
+    "refactor_factored_attn_matrices",
+)
+
+
+def _bridge_processing(kwargs: Mapping[str, object]) -> dict[str, object]:
+    """A release's `from_pretrained` kwargs as `enable_compatibility_mode` kwargs."""
+    other = sorted(set(kwargs) - set(BRIDGE_PROCESSING))
+    if other:
+        raise ValueError(
+            f"The SAE release loads its model with {other}, which TransformerBridge loading does "
+            "not take; use backend 'hooked' for it."
+        )
+    return dict(kwargs)
 
 
 @functools.lru_cache(maxsize=4)
 def _load_model_cached(
-    canonical: str, device: str, dtype: str, kwargs: tuple[tuple[str, object], ...]
-) -> HookedTransformer:
+    canonical: str,
+    device: str,
+    dtype: str,
+    kwargs: tuple[tuple[str, object], ...],
+    backend: str,
+) -> Model:
     if is_bundled(canonical):
         return BUNDLED[canonical].load_model(device, dtype)
     hub_online()
     try:
-        model = HookedTransformer.from_pretrained(
-            canonical, device=device, dtype=getattr(torch, dtype), **dict(kwargs)
-        )
+        if backend == "bridge":
+            model = TransformerBridge.boot_transformers(
+                canonical, device=device, dtype=getattr(torch, dtype)
+            )
+            model.enable_compatibility_mode(
+                disable_warnings=True, **_bridge_processing(dict(kwargs))
+            )
+        else:
+            model = HookedTransformer.from_pretrained(
+                canonical, device=device, dtype=getattr(torch, dtype), **dict(kwargs)
+            )
     except Exception as err:  # the hub raises many types; all mean the same to a user
         raise LoadError(
             f"Could not load model {canonical!r}.{_offline_hint('it')} "
@@ -493,10 +552,11 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [""])[0]
 
 
-def check_saes_fit_model(saes: Mapping[str, SAE], model: HookedTransformer) -> None:
+def check_saes_fit_model(saes: Mapping[str, SAE], model: Model) -> None:
     """Each SAE must read an existing hook and have a linear decoder the engine can invert."""
+    hook_points = model.hook_dict  # a TransformerBridge builds it anew on each read
     for hook_name, sae in saes.items():
-        if hook_name not in model.hook_dict:
+        if hook_name not in hook_points:
             raise ValueError(f"The model has no hook point {hook_name!r} for an SAE to read.")
         if sae.cfg.normalize_activations != "none":
             raise ValueError(

@@ -5,8 +5,10 @@ the fields of each node and the encoding of a feature's (layer, index) in its `f
 follow circuit-tracer's writer (`circuit_tracer/frontend/graph_models.py`), the reference for the
 viewer: a feature's `feature` is the Cantor pairing of its layer and index, an error's is -1, and
 with `metadata.feature_details.neuronpedia_source_set` (e.g. `res-jb`) the viewer opens the
-dashboard `{scan}/{layer}-{source set}/{index}`. Layers are residual depths, which for GPT-2's
-res-jb SAEs are Neuronpedia's own layer names (`blocks.11.hook_resid_post` is `12-res-jb`).
+dashboard `{scan}/{layer}-{source set}/{index}`. The graph's layers are residual depths; the
+file writes Neuronpedia's own layer names, the depths shifted by one offset per graph (0 for
+GPT-2's res-jb, where `blocks.11.hook_resid_post` is `12-res-jb`; 1 for Gemma Scope, where
+`blocks.5.hook_resid_post` is `5-gemmascope-res-16k`).
 
 What the viewer reads, and so what this file guarantees:
 - it parses the file with the browser's `JSON.parse`, so `dumps` writes strict JSON (null,
@@ -73,24 +75,28 @@ def cantor_pair(layer: np.ndarray, index: np.ndarray) -> np.ndarray:
     return (layer + index) * (layer + index + 1) // 2 + index
 
 
-def source_set(graph: Graph) -> tuple[str | None, str | None]:
+def source_set(graph: Graph) -> tuple[str | None, str | None, int]:
     """The Neuronpedia model id (`scan`) and source set (`res-jb`) shared by all the graph's SAEs,
-    read from their Neuronpedia ids (`gpt2-small/6-res-jb`); Nones where they have none or differ.
+    read from their Neuronpedia ids (`gpt2-small/6-res-jb`), and how far the graph's layers
+    (residual depths) sit above Neuronpedia's layer names: 0 for res-jb, whose
+    `blocks.11.hook_resid_post` is `12-res-jb`; 1 for Gemma Scope, whose
+    `blocks.5.hook_resid_post` (depth 6) is `5-gemmascope-res-16k`. Nones (and 0) where the SAEs
+    have no ids or disagree.
     """
-    ids = {record.layer: record.neuronpedia_id for record in graph.trace.saes}
     parsed = set()
-    for layer, neuronpedia_id in ids.items():
+    for record in graph.trace.saes:
+        neuronpedia_id = record.neuronpedia_id
         if neuronpedia_id is None or "/" not in neuronpedia_id:
-            return None, None
+            return None, None, 0
         scan, sae = neuronpedia_id.split("/", 1)
-        prefix = f"{layer}-"
-        if not sae.startswith(prefix):
-            return scan, None
-        parsed.add((scan, sae.removeprefix(prefix)))
+        named = re.fullmatch(r"(\d+)-(.+)", sae)
+        if named is None:
+            return scan, None, 0
+        parsed.add((scan, named.group(2), record.layer - int(named.group(1))))
     if len(parsed) != 1:
-        return None, None
-    ((scan, source),) = parsed
-    return scan, source
+        return None, None, 0
+    ((scan, source, offset),) = parsed
+    return scan, source, offset
 
 
 def file_slug(path: str | Path) -> str:
@@ -186,9 +192,10 @@ def graph_json(
     if labels is None and LABEL_COLUMN in nodes.columns:
         labels = dict(zip(nodes["node_id"], nodes[LABEL_COLUMN].fillna("")))
     labels = labels or {}
-    scan, source = source_set(graph)
+    scan, source, offset = source_set(graph)
     kind = nodes["node_type"].astype(str).to_numpy()
-    layer = nodes["layer"].to_numpy()
+    # Layers as Neuronpedia names them, so that the viewer opens each feature's own dashboard.
+    layer = nodes["layer"].to_numpy() - np.where(kind == "embedding", 0, offset)
     feature = nodes["feature"].to_numpy()
     position = nodes["position"].to_numpy()
     node_id = nodes["node_id"].to_numpy(dtype=object)
@@ -204,6 +211,14 @@ def graph_json(
     is_sae = is_feature | (kind == "error")
     probability = result.metric.target_probability
     layer_names = pd.Series(np.where(kind == "embedding", "E", layer.astype(str)))
+    # Ids as circuit-tracer writes them, `{layer}_{feature}_{position}` in the file's layers
+    # (the graph's own ids when the offset is 0); links and pins are translated with them.
+    file_ids = np.where(
+        kind == "embedding",
+        node_id,
+        layer_names + "_" + pd.Series(feature).astype(str) + "_" + pd.Series(position).astype(str),
+    ).astype(object)
+    renamed = dict(zip(node_id, file_ids))
     feature_field = np.select(
         [is_feature, kind == "error", kind == "embedding"],
         [cantor_pair(layer, np.maximum(feature, 0)), -1, position],
@@ -227,7 +242,7 @@ def graph_json(
     clerps[is_metric] = logit_clerp(target, probability or 0.0)
     table = pd.DataFrame(
         {
-            "node_id": node_id,
+            "node_id": file_ids,
             "feature": feature_field.astype(int),
             "layer": layer_names.to_numpy(dtype=object),
             "ctx_idx": position.astype(int),
@@ -246,7 +261,7 @@ def graph_json(
     floor = 1.0 if graph.node_threshold is None else graph.node_threshold
     visible_at = max([floor, *kept_shares[np.isfinite(kept_shares)].tolist()])
     links = graph.edges[["source", "target", "weight"]].astype({"weight": float})
-    kept = set(node_id.tolist())
+    links = links.assign(source=links["source"].map(renamed), target=links["target"].map(renamed))
     metadata: dict[str, Any] = {
         "slug": slug or DEFAULT_SLUG,
         "scan": scan or result.model,
@@ -268,7 +283,7 @@ def graph_json(
     return {
         "metadata": metadata,
         "qParams": {
-            "pinnedIds": [i for i in dict.fromkeys(pinned) if i in kept],
+            "pinnedIds": [renamed[i] for i in dict.fromkeys(pinned) if i in renamed],
             "supernodes": [],
             "linkType": "both",
             "clickedId": "",

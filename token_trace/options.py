@@ -5,7 +5,7 @@ commands) down to the engine:
 
 - `PromptSpec`: what to score on one prompt (its text, answer, contrast and counterfactual);
 - `TraceOptions`: how to attribute it (metric, method, integrated-gradient steps, SAE dtype,
-  device, model dtype), shared by every prompt of a call;
+  device, model dtype, backend), shared by every prompt of a call;
 - `GraphOptions`: which graph to keep (max nodes, node and edge thresholds).
 
 Each record checks its own values when it is made, so a bad option is refused with one message
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import os
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
@@ -48,6 +49,16 @@ SAE_DTYPES: tuple[str, ...] = get_args(SAEDtype)
 #: way; the README's "bf16 models" measures what bfloat16 changes.
 ModelDtype = Literal["auto", "float32", "bfloat16"]
 MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
+#: Which TransformerLens class runs a model loaded by name (`token_trace.backend`):
+#: `HookedTransformer` (TransformerLens's own implementation, deprecated in TransformerLens 3 and
+#: gone in 4) or `TransformerBridge` (the Hugging Face model, hooked, with HookedTransformer's
+#: weight processing applied by `enable_compatibility_mode`).
+Backend = Literal["hooked", "bridge"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+#: HookedTransformer while SAELens pins transformer-lens < 4; the variable below overrides it.
+DEFAULT_BACKEND = "hooked"
+#: The environment variable that picks the backend when a call names none (the app reads it too).
+BACKEND_ENV = "TOKEN_TRACE_BACKEND"
 #: Named metrics; a callable from logits `[batch, pos, d_vocab]` to one value per row also works.
 MetricName = Literal["logprob", "logit_diff", "loss"]
 METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
@@ -130,6 +141,12 @@ def one_of(value: Any, name: str, allowed: Sequence[str]) -> str:
     return value
 
 
+def default_backend() -> str:
+    """The backend of calls that name none: `$TOKEN_TRACE_BACKEND` when set, else "hooked"."""
+    chosen = os.environ.get(BACKEND_ENV, "").strip()
+    return one_of(chosen, f"backend in ${BACKEND_ENV}", BACKENDS) if chosen else DEFAULT_BACKEND
+
+
 def check_metric(metric: Any) -> None:
     """A metric is None (the default log-probability), a name, or a callable."""
     if not (metric is None or callable(metric) or metric in METRIC_NAMES):
@@ -177,9 +194,17 @@ class TraceOptions:
     model_dtype: ModelDtype = option(
         "auto", "load named models at this precision; auto: bfloat16 on a GPU, float32 on a CPU"
     )
+    backend: Backend | None = option(
+        None,
+        "load named models as TransformerLens HookedTransformer or TransformerBridge "
+        f"(default: ${BACKEND_ENV}, else {DEFAULT_BACKEND})",
+    )
 
     def __post_init__(self) -> None:
         one_of(self.method, "method", tuple(METHODS))
+        if self.backend is None:
+            object.__setattr__(self, "backend", default_backend())
+        one_of(self.backend, "backend", BACKENDS)
         # Only integrated gradients takes steps; AtP ignores the field (and compares equal).
         steps = whole_number(self.ig_steps, "ig_steps", 1) if self.method == "ig" else None
         object.__setattr__(self, "ig_steps", steps or DEFAULT_IG_STEPS)

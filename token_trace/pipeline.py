@@ -14,10 +14,10 @@ from typing import Any
 import pandas as pd
 import torch
 from sae_lens import SAE
-from transformer_lens import HookedTransformer
 
 from token_trace import loading
 from token_trace.attribution import Attribution, AttributionRun, Batch, attribute
+from token_trace.backend import Model, backend_of
 from token_trace.hook_names import residual_depth
 from token_trace.hooks import model_lock
 from token_trace.metrics import target_probability
@@ -27,6 +27,7 @@ from token_trace.options import (
     DEFAULT_IG_STEPS,
     DEFAULT_MODEL,
     Answer,
+    Backend,
     IGRule,
     Method,
     MetricArgument,
@@ -55,25 +56,26 @@ N_TOP_PREDICTIONS = 10
 class Loaded:
     """A request's model and SAEs, resolved from names (or taken as given) once."""
 
-    model: HookedTransformer
+    model: Model
     name: str
     saes: dict[str, SAE]
     records: tuple[SAERecord, ...]
 
 
-def resolve(
-    model: str | HookedTransformer, saes: SAEArgument, options: TraceOptions | None = None
-) -> Loaded:
+def resolve(model: str | Model, saes: SAEArgument, options: TraceOptions | None = None) -> Loaded:
     """The model object, its name, the SAEs by hook, and the record of each SAE."""
     options = options or TraceOptions()
     device, sae_dtype, model_dtype = options.device, options.sae_dtype, options.model_dtype
-    if isinstance(model, HookedTransformer):
-        model_obj, model_name = model, model.cfg.model_name
-    else:
-        model_name = model
+    given = None if isinstance(model, str) else model
+    if given is not None:
+        backend_of(given)  # a model object of a class token-trace runs, or a clear TypeError
+    model_name = model if given is None else given.cfg.model_name
     if isinstance(saes, Mapping):
-        if not isinstance(model, HookedTransformer):
-            model_obj = loading.load_model(model_name, device, dtype=model_dtype)
+        model_obj = (
+            given
+            if given is not None
+            else loading.load_model(model_name, device, dtype=model_dtype, backend=options.backend)
+        )
         sae_dict = dict(saes)
         origins = {
             hook: (sae.cfg.metadata.get("sae_id") or hook, sae.cfg.metadata.get("release"))
@@ -82,10 +84,17 @@ def resolve(
     else:
         specs = loading.resolve_sae_specs(saes, model_name)
         loading.check_release_matches_model(specs, model_name)
-        if not isinstance(model, HookedTransformer):
-            model_obj = loading.load_model(
-                model_name, device, release=specs[0].release, dtype=model_dtype
+        model_obj = (
+            given
+            if given is not None
+            else loading.load_model(
+                model_name,
+                device,
+                release=specs[0].release,
+                dtype=model_dtype,
+                backend=options.backend,
             )
+        )
         sae_dict = loading.load_saes(specs, device=str(model_obj.cfg.device), dtype=sae_dtype)
         origins = {hook: (spec.sae_id, spec.release) for hook, spec in zip(sae_dict, specs)}
     loading.check_saes_fit_model(sae_dict, model_obj)
@@ -111,7 +120,7 @@ def resolve(
 
 def trace(
     text: TextOrTokens,
-    model: str | HookedTransformer = DEFAULT_MODEL,
+    model: str | Model = DEFAULT_MODEL,
     saes: SAEArgument = None,
     *,
     answer: Answer | None = None,
@@ -123,6 +132,7 @@ def trace(
     ig_rule: IGRule = DEFAULT_IG_RULE,
     device: str | None = None,
     sae_dtype: SAEDtype = "float32",
+    backend: Backend | None = None,
     baseline_text: TextOrTokens | None = None,
     model_dtype: ModelDtype = "auto",
 ) -> Trace:
@@ -131,7 +141,8 @@ def trace(
     Args:
         text: the prompt, or a `1 x T` tensor of token ids (taken as is, no BOS added).
         model: a TransformerLens model name (loaded with the processing its SAEs expect), the
-            bundled offline model `"ioi-demo"`, or a ready `HookedTransformer`.
+            bundled offline model `"ioi-demo"`, or a ready `HookedTransformer` or
+            `TransformerBridge`.
         saes: None (the model's default SAE release), a SAELens release name, a list of
             `(release, sae_id)` pairs, or a ready `{hook_name: SAE}` dict.
         answer: score log p(answer | text) instead of the last token of `text`.
@@ -150,6 +161,9 @@ def trace(
         model_dtype: the precision a named model is loaded in: "auto" (bfloat16 on a GPU,
             float32 on a CPU), "float32" or "bfloat16". Nodes and edges are accumulated in
             float32 either way.
+        backend: the TransformerLens class a named model is loaded as: "hooked"
+            (HookedTransformer) or "bridge" (TransformerBridge in compatibility mode); None reads
+            $TOKEN_TRACE_BACKEND, else "hooked" (see `token_trace.backend`).
 
     Returns:
         A `Trace`: the node table (`trace.nodes`, one row per node; `attribution` estimates
@@ -161,7 +175,7 @@ def trace(
     prompt = PromptSpec(text, answer, contrast, either(counterfactual, baseline_text))
     options = TraceOptions(
         metric=metric, method=method, ig_steps=ig_steps, ig_rule=ig_rule,
-        sae_dtype=sae_dtype, device=device, model_dtype=model_dtype,
+        sae_dtype=sae_dtype, device=device, model_dtype=model_dtype, backend=backend,
     )  # fmt: skip
     (result,), _ = run_traces([prompt], resolve(model, saes, options), options)
     return result
@@ -169,7 +183,7 @@ def trace(
 
 def trace_batch(
     texts: Sequence[TextOrTokens],
-    model: str | HookedTransformer = DEFAULT_MODEL,
+    model: str | Model = DEFAULT_MODEL,
     saes: SAEArgument = None,
     *,
     answers: Sequence[Answer] | None = None,
@@ -181,6 +195,7 @@ def trace_batch(
     ig_rule: IGRule = DEFAULT_IG_RULE,
     device: str | None = None,
     sae_dtype: SAEDtype = "float32",
+    backend: Backend | None = None,
     baseline_texts: Sequence[TextOrTokens] | None = None,
     model_dtype: ModelDtype = "auto",
 ) -> list[Trace]:
@@ -195,7 +210,7 @@ def trace_batch(
     prompts = prompt_specs(texts, answers, contrasts, either(counterfactuals, baseline_texts))
     options = TraceOptions(
         metric=metric, method=method, ig_steps=ig_steps, ig_rule=ig_rule,
-        sae_dtype=sae_dtype, device=device, model_dtype=model_dtype,
+        sae_dtype=sae_dtype, device=device, model_dtype=model_dtype, backend=backend,
     )  # fmt: skip
     return run_traces(prompts, resolve(model, saes, options), options)[0]
 
@@ -317,12 +332,13 @@ def _trace_record(
         top_predictions=_top_predictions(loaded.model, result.last_logits),
         warnings=(*notes, *_answer_warnings(loaded.model, spec, prompt, result)),
         ig_rule=options.ig_rule if options.method == "ig" else None,
+        backend=backend_of(loaded.model),
     )
 
 
 def compute_node_attribution(
     text: TextOrTokens,
-    model: str | HookedTransformer = DEFAULT_MODEL,
+    model: str | Model = DEFAULT_MODEL,
     saes: SAEArgument = None,
     **options: Any,
 ) -> pd.DataFrame:
@@ -336,7 +352,7 @@ def compute_node_attribution(
 
 def compute_node_attribution_batch(
     texts: Sequence[TextOrTokens],
-    model: str | HookedTransformer = DEFAULT_MODEL,
+    model: str | Model = DEFAULT_MODEL,
     saes: SAEArgument = None,
     **options: Any,
 ) -> list[pd.DataFrame]:
@@ -349,7 +365,7 @@ class UnknownWordsWarning(UserWarning):
 
 
 def _warnings(
-    model: HookedTransformer,
+    model: Model,
     prompt: Prompt,
     baseline: TextOrTokens | None,
     index: int,
@@ -371,7 +387,7 @@ def _warnings(
 
 
 def _answer_warnings(
-    model: HookedTransformer, spec: PromptSpec, prompt: Prompt, result: Attribution
+    model: Model, spec: PromptSpec, prompt: Prompt, result: Attribution
 ) -> list[str]:
     """A typed answer or contrast that is probably the wrong token (a missing or extra leading
     space), also raised as an `AnswerTokenWarning`. Single-token answers only: their probability
@@ -391,12 +407,12 @@ class AnswerTokenWarning(UserWarning):
     """A typed answer is unlikely while the same word with(out) a leading space is likely."""
 
 
-def _bos_position(model: HookedTransformer, prompt: Prompt) -> int | None:
+def _bos_position(model: Model, prompt: Prompt) -> int | None:
     bos = model.tokenizer.bos_token_id if model.tokenizer is not None else None
     return 0 if bos is not None and int(prompt.tokens[0, 0]) == bos else None
 
 
-def _top_predictions(model: HookedTransformer, last_logits: torch.Tensor) -> tuple[Prediction, ...]:
+def _top_predictions(model: Model, last_logits: torch.Tensor) -> tuple[Prediction, ...]:
     probs = last_logits.float().softmax(-1)
     top = probs.topk(min(N_TOP_PREDICTIONS, probs.shape[0]))
     tokens = str_tokens(model, top.indices)

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformer_lens import HookedTransformer
 
 from token_trace import metrics
+from token_trace.backend import Model
 from token_trace.metrics import Metric
 from token_trace.options import TOP_PREDICTION, check_metric
 
@@ -32,11 +32,11 @@ class Prompt:
     unknown_words: tuple[str, ...] = ()  # words of the text read as the unknown token
 
 
-def _has_tokenizer(model: HookedTransformer) -> bool:
+def _has_tokenizer(model: Model) -> bool:
     return model.tokenizer is not None
 
 
-def str_tokens(model: HookedTransformer, token_ids: torch.Tensor) -> list[str]:
+def str_tokens(model: Model, token_ids: torch.Tensor) -> list[str]:
     """Token strings, or the ids as strings for a model without a tokenizer."""
     ids = token_ids.reshape(-1)
     if not _has_tokenizer(model):
@@ -44,7 +44,7 @@ def str_tokens(model: HookedTransformer, token_ids: torch.Tensor) -> list[str]:
     return list(model.to_str_tokens(ids))
 
 
-def unknown_words(model: HookedTransformer, text: str) -> list[str]:
+def unknown_words(model: Model, text: str) -> list[str]:
     """The words of `text` that the model's tokenizer turns into its unknown token, in order.
 
     Byte-level tokenizers such as GPT-2's never produce it; word-level ones (the bundled model's)
@@ -73,7 +73,7 @@ def unknown_words_warning(words: Sequence[str], what: str, unk_token: str) -> st
     )
 
 
-def _prompt_tokens(model: HookedTransformer, text: TextOrTokens) -> torch.Tensor:
+def _prompt_tokens(model: Model, text: TextOrTokens) -> torch.Tensor:
     """`[1, T]` token ids; text gets the model's BOS, tensors are taken as they are."""
     if isinstance(text, str):
         if not text.strip():
@@ -98,9 +98,7 @@ def _prompt_tokens(model: HookedTransformer, text: TextOrTokens) -> torch.Tensor
     return tokens.to(device=model.cfg.device, dtype=torch.long)
 
 
-def _answer_ids(
-    model: HookedTransformer, answer: str | int | Sequence[int], role: str
-) -> list[int]:
+def _answer_ids(model: Model, answer: str | int | Sequence[int], role: str) -> list[int]:
     if isinstance(answer, str):
         if answer == "":
             raise ValueError(f"The {role} is empty.")
@@ -123,7 +121,7 @@ def _answer_ids(
     return ids
 
 
-def _single_token(model: HookedTransformer, answer: str | int | Sequence[int], role: str) -> int:
+def _single_token(model: Model, answer: str | int | Sequence[int], role: str) -> int:
     ids = _answer_ids(model, answer, role)
     if len(ids) != 1:
         pieces = str_tokens(model, torch.tensor(ids))
@@ -134,7 +132,7 @@ def _single_token(model: HookedTransformer, answer: str | int | Sequence[int], r
     return ids[0]
 
 
-def tokenizer_length(model: HookedTransformer, text: str) -> int | None:
+def tokenizer_length(model: Model, text: str) -> int | None:
     """How many tokens the model's tokenizer makes of `text` (None when it has no tokenizer).
 
     A cheap pre-check of a length cap, before any run. It asks the tokenizer itself, not
@@ -146,7 +144,7 @@ def tokenizer_length(model: HookedTransformer, text: str) -> int | None:
     return len(model.tokenizer(text)["input_ids"])
 
 
-def _check_length(model: HookedTransformer, n_tokens: int) -> None:
+def _check_length(model: Model, n_tokens: int) -> None:
     if n_tokens > model.cfg.n_ctx:
         raise ValueError(
             f"The prompt is {n_tokens} tokens; {model.cfg.model_name} reads at most "
@@ -154,14 +152,14 @@ def _check_length(model: HookedTransformer, n_tokens: int) -> None:
         )
 
 
-def _top_next_token(model: HookedTransformer, tokens: torch.Tensor) -> int:
+def _top_next_token(model: Model, tokens: torch.Tensor) -> int:
     _check_length(model, tokens.shape[1])
     with torch.no_grad():
         return int(model(tokens, return_type="logits")[0, -1].argmax())
 
 
 def prepare_prompt(
-    model: HookedTransformer,
+    model: Model,
     text: TextOrTokens,
     answer: str | int | Sequence[int] | None = None,
     contrast: str | int | Sequence[int] | None = None,
@@ -242,7 +240,7 @@ UNLIKELY, LIKELY, RATIO = 0.01, 0.05, 20.0
 
 
 def space_warnings(
-    model: HookedTransformer,
+    model: Model,
     answers: Sequence[tuple[str, object]],
     next_logits: torch.Tensor,
 ) -> list[str]:
@@ -270,9 +268,7 @@ def space_warnings(
     return notes
 
 
-def prepare_baseline(
-    model: HookedTransformer, baseline_text: TextOrTokens, prompt: Prompt
-) -> torch.Tensor:
+def prepare_baseline(model: Model, baseline_text: TextOrTokens, prompt: Prompt) -> torch.Tensor:
     """The model's input for a counterfactual prompt, position by position aligned with `prompt`.
 
     The counterfactual text must have as many tokens as the prompt's text; it then goes through the

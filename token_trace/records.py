@@ -34,7 +34,7 @@ from token_trace.nodes import (
     position_totals,
     top_nodes,
 )
-from token_trace.options import Baseline, IGRule, Method
+from token_trace.options import Backend, Baseline, IGRule, Method
 
 if TYPE_CHECKING:
     from token_trace.explanations import Neuronpedia
@@ -143,6 +143,9 @@ class Trace:
     """Things a reader should know before trusting the result (e.g. unknown words)."""
     ig_rule: IGRule | None = None
     """Integrated gradients' quadrature rule (`riemann` or `gauss-legendre`); None for AtP."""
+    backend: Backend = "hooked"
+    """The TransformerLens class that ran the model (`hooked`: HookedTransformer, `bridge`:
+    TransformerBridge); reruns from the trace (ablations, interventions, graphs) load the same."""
 
     # ------------------------------------------------------------------ reading
 
@@ -343,4 +346,5 @@ def _from_parts(meta: Mapping[str, Any], columns: Mapping[str, Sequence[Any]]) -
         warnings=tuple(meta["warnings"]),
         # Files written before the rule was recorded: their IG traces used the Riemann sum.
         ig_rule=meta.get("ig_rule", "riemann" if meta["method"] == "ig" else None),
+        backend=meta.get("backend", "hooked"),  # files from before the bridge: HookedTransformer
     )

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 from sae_lens import SAE
-from transformer_lens import HookedTransformer
 
 from token_trace import loading
+from token_trace.backend import Model
 from token_trace.metrics import Metric, rebuild
 from token_trace.records import Trace
 
@@ -30,11 +30,12 @@ class Replay:
 
 def model_and_saes(
     result: Trace,
-    model: HookedTransformer | None = None,
+    model: Model | None = None,
     saes: Mapping[str, SAE] | None = None,
     device: str | None = None,
-) -> tuple[HookedTransformer, Mapping[str, SAE]]:
-    """The trace's model and SAEs: the ones given, else loaded by name (cached) from its records.
+) -> tuple[Model, Mapping[str, SAE]]:
+    """The trace's model and SAEs: the ones given, else loaded by name (cached) from its records,
+    the model as the class that ran it (`Trace.backend`).
 
     SAEs the trace has no release for (a caller's own) must be given.
     """
@@ -44,14 +45,16 @@ def model_and_saes(
             raise ValueError(f"The trace has no release for the SAEs at {missing}; pass saes=.")
         specs = [loading.SAESpec(record.release, record.sae_id) for record in result.saes]
         if model is None:
-            model = loading.load_model(result.model, device, release=specs[0].release)
+            model = loading.load_model(
+                result.model, device, release=specs[0].release, backend=result.backend
+            )
         saes = loading.load_saes(specs, device=str(model.cfg.device))
     elif model is None:
-        model = loading.load_model(result.model, device)
+        model = loading.load_model(result.model, device, backend=result.backend)
     return model, saes
 
 
-def replay(result: Trace, model: HookedTransformer) -> Replay:
+def replay(result: Trace, model: Model) -> Replay:
     """The trace's inputs on `model`'s device. Custom metric callables cannot be rebuilt."""
     tokens = torch.tensor([result.prompt.token_ids], device=model.cfg.device)
     metric = rebuild(

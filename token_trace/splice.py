@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 from sae_lens import SAE
-from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookPoint
 
+from token_trace.backend import Model
 from token_trace.hooks import hooked
 
 #: Called per hook with (hook_name, features, error); returns the values the model should read.
@@ -37,7 +36,7 @@ class SpliceLeaves:
 
 @contextmanager
 def spliced(
-    model: HookedTransformer,
+    model: Model,
     saes: Mapping[str, SAE],
     edit: Edit | None = None,
     *,
@@ -50,8 +49,8 @@ def spliced(
     """
     leaves = SpliceLeaves()
 
-    def splice(x: torch.Tensor, hook: HookPoint) -> torch.Tensor:
-        sae = saes[hook.name]
+    def splice(x: torch.Tensor, name: str) -> torch.Tensor:
+        sae = saes[name]
         flat = x.reshape(*x.shape[:2], -1).to(sae.dtype)
         with torch.no_grad():
             features = sae.encode(flat)
@@ -59,8 +58,8 @@ def spliced(
         features.requires_grad_(True)
         error.requires_grad_(True)
         if keep_leaves:
-            leaves.features[hook.name], leaves.errors[hook.name] = features, error
-        read_features, read_error = edit(hook.name, features, error) if edit else (features, error)
+            leaves.features[name], leaves.errors[name] = features, error
+        read_features, read_error = edit(name, features, error) if edit else (features, error)
         out = sae.decode(read_features) + read_error
         clean_out = (sae.decode(features) + error).detach()
         return x + (out - clean_out).to(x.dtype).reshape(x.shape)

@@ -193,6 +193,7 @@ def test_the_apps_graph_endpoint_names_gemma_3_270m(gemma_app) -> None:
     )
     assert set(graph) == {"metadata", "qParams", "nodes", "links"}
     assert graph["metadata"]["scan"] == "gemma-3-270m"
+    assert graph["metadata"]["feature_details"]["neuronpedia_source_set"] == "gemmascope-2-res-16k"
     kinds = {node["feature_type"] for node in graph["nodes"]}
     assert "logit" in kinds and graph["links"]
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.helpers import PROMPT, downstream_contributions, res_jb_saes
+from tests.helpers import PROMPT, downstream_contributions, random_sae, res_jb_saes
 from token_trace import graph as graph_module
 from token_trace import trace
 from token_trace.graph import compute_graph, graph_from_trace, node_ids
@@ -312,6 +312,39 @@ def test_neuronpedia_export_validates_and_points_at_dashboards(model, tmp_path):
         )
         assert dashboard == records[layer].feature_url(index)
         assert node["node_id"] == f"{layer}_{index}_{node['ctx_idx']}"
+
+
+def test_gemma_scope_naming_is_written_in_neuronpedias_layers(model, tmp_path):
+    """Gemma Scope names the SAE at `blocks.L.hook_resid_post` (residual depth L + 1) `L-...`:
+    the file shifts its layers, ids, links and pins by that one, so each feature opens its own
+    dashboard, as res-jb's do unshifted."""
+    saes = {}
+    for seed, layer in enumerate((0, 1)):
+        hook = f"blocks.{layer}.hook_resid_post"
+        sae = random_sae(hook, model.cfg.d_model, 64, seed)
+        sae.cfg.metadata.neuronpedia_id = f"gemma-2-2b/{layer}-gemmascope-res-16k"
+        saes[hook] = sae
+    result = trace(PROMPT, model, saes, answer=" Mary", contrast=" John")
+    graph = graph_from_trace(result, model=model, saes=saes, max_nodes=60)
+    pinned = graph.nodes[graph.nodes["node_type"] == "feature"]["node_id"].iloc[0]
+    exported = json.loads(graph.save_neuronpedia(tmp_path / "g.json", pinned=[pinned]).read_text())
+    jsonschema.validate(exported, NEURONPEDIA_GRAPH_SCHEMA)
+    assert exported["metadata"]["feature_details"]["neuronpedia_source_set"] == "gemmascope-res-16k"
+    records = {record.layer: record for record in result.saes}
+    features = [n for n in exported["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert features
+    for node in features:
+        layer, index = uncantor(node["feature"])
+        assert (
+            str(layer) == node["layer"] and node["node_id"] == f"{layer}_{index}_{node['ctx_idx']}"
+        )
+        dashboard = f"https://www.neuronpedia.org/gemma-2-2b/{layer}-gemmascope-res-16k/{index}"
+        assert dashboard == records[layer + 1].feature_url(index)  # depth = Neuronpedia's + 1
+    ids = {node["node_id"] for node in exported["nodes"]}
+    assert all(link["source"] in ids and link["target"] in ids for link in exported["links"])
+    assert len(exported["links"]) == len(graph.edges)
+    depth, feature, position = pinned.split("_")
+    assert exported["qParams"]["pinnedIds"] == [f"{int(depth) - 1}_{feature}_{position}"]
 
 
 def test_compute_graph_reuses_its_run_and_equals_a_graph_of_the_trace(model, saes):

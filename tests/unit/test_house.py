@@ -69,6 +69,7 @@ def test_options_check_their_values_once_with_clear_messages():
         ({"method": "ig", "ig_steps": 2.5}, "ig_steps must be a whole number"),
         ({"sae_dtype": "int8"}, "Unknown SAE dtype"),
         ({"metric": "accuracy"}, "Unknown metric"),
+        ({"backend": "jax"}, "Unknown backend 'jax'"),
     ]:
         with pytest.raises(ValueError, match=message):
             TraceOptions(**bad)
@@ -82,6 +83,22 @@ def test_options_check_their_values_once_with_clear_messages():
             GraphOptions(**bad)
     assert TraceOptions(method="atp", ig_steps=0) == TraceOptions()  # AtP takes no steps
     assert GraphOptions(max_nodes=None, node_threshold=None).max_nodes is None
+
+
+def test_the_backend_defaults_to_hookedtransformer_or_the_environments_choice(monkeypatch):
+    monkeypatch.delenv(options.BACKEND_ENV, raising=False)
+    assert TraceOptions().backend == "hooked"
+    monkeypatch.setenv(options.BACKEND_ENV, "bridge")
+    assert TraceOptions().backend == "bridge"
+    assert TraceOptions(backend="hooked").backend == "hooked"  # a named backend wins
+    monkeypatch.setenv(options.BACKEND_ENV, "tl4")
+    with pytest.raises(ValueError, match=r"Unknown backend in \$TOKEN_TRACE_BACKEND 'tl4'"):
+        TraceOptions()
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser, TraceOptions)
+    assert parser.parse_args(["--backend", "bridge"]).backend == "bridge"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        parser.parse_args(["--backend", "tl4"])
 
 
 def test_both_commands_are_built_from_the_records():

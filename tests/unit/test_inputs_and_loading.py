@@ -191,6 +191,8 @@ def test_a_sharded_checkpoint_counts_as_cached_only_with_every_shard(tmp_path):
         ),
         (lambda: loading.resolve_sae_specs(None, "pythia-70m"), "No default SAE release"),
         (lambda: loading.load_model("gpt-7-giant"), "Unknown model"),
+        (lambda: loading.load_model("gpt2-small", backend="jax"), "Unknown backend 'jax'"),
+        (lambda: loading._bridge_processing({"n_devices": 2}), "TransformerBridge loading"),
         (
             lambda: loading.check_release_matches_model(
                 [SAESpec("gpt2-small-res-jb", "blocks.0.hook_resid_pre")], "pythia-70m"
@@ -202,6 +204,18 @@ def test_a_sharded_checkpoint_counts_as_cached_only_with_every_shard(tmp_path):
 def test_unknown_names_are_clear_value_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_model_object_of_another_class_is_a_clear_type_error(saes):
+    with pytest.raises(TypeError, match="HookedTransformer or a TransformerBridge"):
+        compute_node_attribution(PROMPT, torch.nn.Linear(2, 2), saes)
+
+
+def test_the_bundled_model_is_a_hookedtransformer_on_either_backend():
+    """It is built from the package's files, not a Hugging Face checkpoint a bridge wraps."""
+    bundled = loading.load_model("ioi-demo", "cpu", backend="bridge")
+    assert bundled is loading.load_model("ioi-demo", "cpu", backend="hooked")
+    assert type(bundled).__name__ == "HookedTransformer"
 
 
 def test_wrong_hook_is_a_clear_error(model, saes):

@@ -109,3 +109,17 @@ def test_a_shareable_link_carries_the_edits():
     assert request_from_query(params) == SharedLink(request, "1_2_3", "1_2_3:ablate, 2_17_*:x3")
     with pytest.raises(ValueError, match="the action must be"):
         request_from_query({**params, "edits": "1_2_3:xNaN"})
+
+
+def test_models_are_matched_under_any_of_their_names():
+    for model in ("gemma-3-270m", "google/gemma-3-270m"):
+        settings = make_settings(
+            RequestFields(TEXT, model=model, release="gemma-scope-2-270m-pt-res")
+        )
+        assert settings.release == "gemma-scope-2-270m-pt-res"
+        assert make_settings(RequestFields(TEXT, model=model)).release == settings.release
+    assert make_settings(RequestFields(TEXT, model="gpt2")).release == "gpt2-small-res-jb"
+    with pytest.raises(ValueError, match="belongs to model"):
+        make_settings(RequestFields(TEXT, model="gpt2", release="gemma-scope-2-270m-pt-res"))
+    with pytest.raises(ValueError, match="This app offers the models"):
+        make_settings(RequestFields(TEXT, model="gpt-7"))

@@ -245,16 +245,27 @@ def _preset(model: str, release: str) -> Preset:
                 f"not {release!r}."
             )
         preset = PRESETS_BY_RELEASE[release]
-        if model and model != preset.model:
+        if model and not _names_model(model, preset):
             raise ValueError(
                 f"Release {release!r} belongs to model {preset.model!r}, not {model!r}."
             )
         return preset
-    matching = [preset for preset in PRESETS if preset.model == model]
+    matching = [preset for preset in PRESETS if _names_model(model, preset)]
     if not matching:
         models = sorted({preset.model for preset in PRESETS})
         raise ValueError(f"This app offers the models {', '.join(models)}; not {model!r}.")
     return matching[0]
+
+
+def _names_model(name: str, preset: Preset) -> bool:
+    """Whether `name` names the preset's model under any of its names (`gemma-3-270m` and
+    `google/gemma-3-270m`, `gpt2` and `gpt2-small`)."""
+    if name == preset.model:
+        return True
+    try:
+        return loading.canonical_model_name(name) == loading.canonical_model_name(preset.model)
+    except ValueError:  # not a model TransformerLens knows: the caller names what is offered
+        return False
 
 
 def _ig_steps(method: str, ig_steps: float | None) -> int:
