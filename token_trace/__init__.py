@@ -28,6 +28,8 @@ _PUBLIC = {
     "Faithfulness": "token_trace.circuit",
     "faithfulness": "token_trace.circuit",
     "faithfulness_curve": "token_trace.circuit",
+    "MeanActivations": "token_trace.circuit",
+    "mean_activations": "token_trace.circuit",
     "Graph": "token_trace.graph",
     "compute_graph": "token_trace.graph",
     "graph_from_trace": "token_trace.graph",
@@ -68,6 +70,7 @@ __all__ = [
     "Graph",
     "Intervention",
     "LoadError",
+    "MeanActivations",
     "MetricRecord",
     "Node",
     "Prediction",
@@ -89,6 +92,7 @@ __all__ = [
     "layer_totals",
     "load_model",
     "load_saes",
+    "mean_activations",
     "nodes_in",
     "position_totals",
     "prepare_prompt",
@@ -123,7 +127,13 @@ if TYPE_CHECKING:
         nodes_in,
         verify,
     )
-    from token_trace.circuit import Faithfulness, faithfulness, faithfulness_curve
+    from token_trace.circuit import (
+        Faithfulness,
+        MeanActivations,
+        faithfulness,
+        faithfulness_curve,
+        mean_activations,
+    )
     from token_trace.datasets.inputs import read_prompts
     from token_trace.datasets.result import DatasetResult
     from token_trace.datasets.run import run_dataset

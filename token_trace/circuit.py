@@ -1,11 +1,13 @@
 """Circuit faithfulness (Sparse Feature Circuits, Marks et al. 2024): how much of the metric a set
 of SAE nodes carries on its own.
 
-- `m(C)`: the trace's metric with every SAE node outside C at its baseline (zero, or its value on
-  the trace's counterfactual) and the nodes of C recomputed, as the model with every SAE spliced
-  in computes them from what reaches them. "Outside C" is the whole dictionary: every feature of
-  every SAE at every position and every error node, not only the trace's table, so a feature that
-  was off on the clean prompt and that the ablation switches on is held at its baseline too.
+- `m(C)`: the trace's metric with every SAE node outside C at its baseline (zero, its value on
+  the trace's counterfactual, or with `means` its mean over a set of prompts, Sparse Feature
+  Circuits' mean ablation: `mean_activations`) and the nodes of C recomputed, as the model with
+  every SAE spliced in computes them from what reaches them. "Outside C" is the whole
+  dictionary: every feature of every SAE at every position and every error node, not only the
+  trace's table, so a feature that was off on the clean prompt and that the ablation switches
+  on is held at its baseline too.
 - `m(M)` (every node kept) is the clean model; `m(empty)` holds every node at its baseline.
 - faithfulness `(m(C) - m(empty)) / (m(M) - m(empty))`: 1 when C alone gives the model's metric.
 - The complement `m(M \\ C)` holds only C at its baseline and recomputes everything else; that is
@@ -23,7 +25,8 @@ The runs are rows of one batch (on a CPU a few batches of at most `CPU_CIRCUIT_T
 positions): a curve over many sizes costs one batched forward. The two reference rows `m(M)` and
 `m(empty)` are computed once, and a set holding every node of the trace's table is that `m(M)` row
 itself (it is the same run: nothing outside the table is active in either prompt), so the
-faithfulness of all nodes is exactly 1 and of none exactly 0.
+faithfulness of all nodes is exactly 1 and of none exactly 0. Under mean ablation features
+outside the table have a mean of their own, so there the table is a circuit like any other.
 """
 
 from __future__ import annotations
@@ -62,6 +65,51 @@ INFLUENCE_NODES = 1000
 GREEDY_POOLS = (64, 128, 256, 512)
 GREEDY_START = 0.95
 GREEDY_DROP = 0.02
+
+
+@dataclass(frozen=True)
+class MeanActivations:
+    """Per SAE hook, each feature's mean activation `[d_sae]` and the mean error `[d_in]` over
+    the tokens of a set of prompts (BOS positions left out): the baseline of Sparse Feature
+    Circuits' mean ablation, where a node outside the circuit takes its typical value rather
+    than zero."""
+
+    features: dict[str, torch.Tensor]
+    errors: dict[str, torch.Tensor]
+    n_tokens: int
+
+
+@torch.no_grad()
+def mean_activations(
+    model: Model,
+    saes: Mapping[str, SAE],
+    texts: Sequence[str],
+    *,
+    exclude_bos: bool = True,
+) -> MeanActivations:
+    """The SAEs' mean features and errors over `texts`' tokens (one forward per text, with every
+    SAE spliced in as the faithfulness runs have them)."""
+    if isinstance(texts, str) or not texts:
+        raise ValueError("Give a list of at least one prompt to average over.")
+    features = {hook: torch.zeros(sae.cfg.d_sae) for hook, sae in saes.items()}
+    errors = {hook: torch.zeros(sae.cfg.d_in) for hook, sae in saes.items()}
+    count = 0
+    for text in texts:
+        tokens = model.to_tokens(text)
+        start = int(exclude_bos and model.tokenizer is not None
+                    and tokens[0, 0].item() == model.tokenizer.bos_token_id)  # fmt: skip
+        leaves_f, leaves_e = sae_leaves(model, saes, tokens)
+        for hook in saes:
+            features[hook] += leaves_f[hook][0, start:].float().sum(0).cpu()
+            errors[hook] += leaves_e[hook][0, start:].float().sum(0).cpu()
+        count += tokens.shape[1] - start
+    if count == 0:
+        raise ValueError("The prompts have no tokens besides BOS to average over.")
+    return MeanActivations(
+        {hook: total / count for hook, total in features.items()},
+        {hook: total / count for hook, total in errors.items()},
+        count,
+    )
 
 
 class Graph(Protocol):
@@ -108,10 +156,12 @@ def faithfulness(
     model: Model | None = None,
     saes: Mapping[str, SAE] | None = None,
     device: str | None = None,
+    means: MeanActivations | None = None,
 ) -> Faithfulness:
     """The faithfulness of the SAE nodes `node_ids` (graph node ids) on the trace's prompt, and of
-    their complement: one batched forward of four rows."""
-    runner = _Runner(result, model, saes, device)
+    their complement: one batched forward of four rows. With `means`, nodes outside the set
+    are held at their mean (`mean_activations`) instead of the trace's baseline."""
+    runner = _Runner(result, model, saes, device, means)
     nodes = runner.lookup(node_ids)
     full, empty, (circuit, complement) = runner.metrics([(True, nodes), (False, nodes)])
     return Faithfulness(len(nodes), circuit, complement, full, empty)
@@ -127,8 +177,10 @@ def faithfulness_curve(
     model: Model | None = None,
     saes: Mapping[str, SAE] | None = None,
     device: str | None = None,
+    means: MeanActivations | None = None,
 ) -> pd.DataFrame:
-    """Faithfulness of the first k nodes of an ordering, for each k in `sizes`, in one batch.
+    """Faithfulness of the first k nodes of an ordering, for each k in `sizes`, in one batch
+    (with `means`, under mean ablation as `faithfulness`).
 
     `order`: "attribution" (largest |attribution| first), "influence" (largest influence on the
     metric in `graph`, which this order needs, then the rest by |attribution|), "greedy" (see
@@ -142,7 +194,7 @@ def faithfulness_curve(
     counts = _sizes(sizes)
     if isinstance(order, str) and order not in ORDERS:
         raise ValueError(f"Unknown order {order!r}: use one of {ORDERS} or a list of node ids.")
-    runner = _Runner(result, model, saes, device)
+    runner = _Runner(result, model, saes, device, means)
     if isinstance(order, str):
         ordered, label = _ordering(runner, order, graph), order
     else:
@@ -285,6 +337,7 @@ class _Runner:
         model: Model | None,
         saes: Mapping[str, SAE] | None,
         device: str | None,
+        means: MeanActivations | None = None,
     ) -> None:
         self.result = result
         self.model, self.saes = model_and_saes(result, model, saes, device)
@@ -293,7 +346,10 @@ class _Runner:
             raise ValueError(f"No SAE given for the trace's hooks {missing}.")
         self.inputs = replay(result, self.model)
         self.base_features = self.base_errors = None
-        if self.inputs.baseline_tokens is not None:
+        self.means = means
+        if means is not None:
+            self.base_features, self.base_errors = self._mean_leaves(means)
+        elif self.inputs.baseline_tokens is not None:
             self.base_features, self.base_errors = sae_leaves(
                 self.model, self.saes, self.inputs.baseline_tokens
             )
@@ -305,6 +361,26 @@ class _Runner:
         self.n_table = len(table)
         self._stride = max(self.saes[hook].cfg.d_sae for hook in self.hooks) + 1
         self._keys = pd.Index(self._key(self.hook, self.position, self.feature))
+
+    def _mean_leaves(
+        self, means: MeanActivations
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The means as every position's baseline, `[1, T, d]` per hook."""
+        missing = [hook for hook in self.result.hook_names if hook not in means.features]
+        if missing:
+            raise ValueError(f"The means have no values for the trace's hooks {missing}.")
+        length = self.inputs.tokens.shape[1]
+        device = self.inputs.tokens.device
+
+        def spread(values: torch.Tensor, hook: str) -> torch.Tensor:
+            dtype = self.saes[hook].W_dec.dtype
+            return values.to(device, dtype).view(1, 1, -1).expand(1, length, -1)
+
+        hooks = self.result.hook_names
+        return (
+            {hook: spread(means.features[hook], hook) for hook in hooks},
+            {hook: spread(means.errors[hook], hook) for hook in hooks},
+        )
 
     def _key(self, hook: np.ndarray, position: np.ndarray, feature: np.ndarray) -> np.ndarray:
         n_pos = len(self.result.prompt.token_ids)
@@ -350,7 +426,7 @@ class _Runner:
         for keep, nodes in rows:
             if len(nodes) == 0:
                 index.append(1 if keep else 0)
-            elif keep and self._covers_table(nodes):
+            elif keep and self.means is None and self._covers_table(nodes):
                 index.append(0)
             else:
                 index.append(len(runs))

@@ -70,7 +70,7 @@ from token_trace.records import Trace
 from token_trace.replay import model_and_saes, replay
 
 if TYPE_CHECKING:
-    from token_trace.circuit import Faithfulness
+    from token_trace.circuit import Faithfulness, MeanActivations
     from token_trace.explanations import Neuronpedia
 
 #: SAE architectures whose features are linear in the input where they fire (SAELens names).
@@ -183,15 +183,18 @@ class Graph:
         model: Model | None = None,
         saes: Mapping[str, SAE] | None = None,
         device: str | None = None,
+        means: MeanActivations | None = None,
     ) -> Faithfulness:
         """The faithfulness of the kept SAE nodes as a circuit, and of their complement
-        (`token_trace.faithfulness`: every other SAE node at its baseline, real reruns)."""
+        (`token_trace.faithfulness`: every other SAE node at its baseline, or with `means` at
+        its mean over a set of prompts; real reruns)."""
         from token_trace.circuit import faithfulness
 
         kept = self.nodes[self.nodes["node_type"].isin(["feature", "error"])]
         return faithfulness(
-            self.trace, kept["node_id"].tolist(), model=model, saes=saes, device=device
-        )
+            self.trace, kept["node_id"].tolist(), model=model, saes=saes, device=device,
+            means=means,
+        )  # fmt: skip
 
     def _repr_html_(self) -> str:
         """In a notebook: the flow graph with its legend and labels, drawn offline."""

@@ -340,6 +340,39 @@ def test_graphs_per_prompt_and_over_the_set(tmp_path):
         run_dataset(path, tmp_path / "none", progress=False, faithfulness=True, **SETTINGS)
 
 
+def test_mean_ablation_faithfulness_uses_the_datasets_means(tmp_path):
+    """With faithfulness_baseline='mean', every prompt's graph is checked with the nodes outside
+    it at their mean over the dataset's prompts (written once to means.pt, read back on resume)."""
+    from token_trace import loading, mean_activations
+
+    records = [r for r in mixed_records() if r.get("id", "").startswith("ioi")][:3]
+    path = write_jsonl(tmp_path / "m.jsonl", records)
+    options = {"max_nodes": 40, "node_threshold": 0.9, "edge_threshold": 0.99}
+    chosen = {**SETTINGS, **options, "graph": True, "faithfulness": True}
+    out = tmp_path / "out"
+    result = run_dataset(path, out, progress=False, faithfulness_baseline="mean", **chosen)
+    assert (out / "means.pt").is_file()
+    model = loading.load_model("ioi-demo", "cpu")
+    saes = loading.load_saes(loading.resolve_sae_specs(None, "ioi-demo"), device="cpu")
+    means = mean_activations(model, saes, [r["text"] for r in records])
+    prompts = result.prompts().set_index("prompt_id")
+    for record in records:
+        graph = compute_graph(**request_of(record), **options)
+        check = graph.faithfulness(means=means)
+        own = graph.faithfulness()
+        row = prompts.loc[record["id"]]
+        assert row["graph_faithfulness"] == pytest.approx(check.faithfulness, abs=1e-4)
+        assert row["graph_faithfulness"] != pytest.approx(own.faithfulness, abs=1e-3)
+    assert "its mean over the dataset" in result.run_dir.report.read_text()
+    again = run_dataset(path, out, progress=False, faithfulness_baseline="mean", **chosen)
+    assert again.prompts_run == 0  # resumed: nothing left to run, the means read back
+    with pytest.raises(ValueError, match="applies with faithfulness=True"):
+        run_dataset(path, tmp_path / "x", progress=False, faithfulness_baseline="mean",
+                    graph=True, **SETTINGS)  # fmt: skip
+    with pytest.raises(ValueError, match="Unknown faithfulness baseline"):
+        run_dataset(path, tmp_path / "y", progress=False, faithfulness_baseline="median", **chosen)
+
+
 def test_a_loader_builds_models_the_registries_do_not_know(tmp_path, model, saes):
     texts = [PROMPT, "The capital of France is Paris"]
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": text} for text in texts])

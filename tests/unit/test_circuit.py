@@ -183,3 +183,52 @@ def test_pruning_can_keep_features_switched_on_by_the_counterfactual(model, saes
     assert len(switched_on) and not sources.edges["target"].isin(switched_on["node_id"]).any()
     kept_features = default.nodes[default.nodes["node_type"] == "feature"]
     assert kept_features["node_id"].isin(default.edges["target"]).all()
+
+
+MEAN_TEXTS = [
+    "When Mary and John went to the park , John gave a ball to",
+    "The capital of France is Paris",
+    PROMPT,
+]
+
+
+def test_mean_ablation_holds_every_hook_at_the_mean_residual(model, saes):
+    """`mean_activations` gives each hook's mean residual (decoded mean features plus mean
+    error, BOS left out), and with them the empty circuit is the model with every SAE hook set
+    to that mean at every position: an independent hook computation."""
+    import torch
+
+    from token_trace.circuit import mean_activations
+    from token_trace.hooks import final_residual, logits_at
+
+    means = mean_activations(model, saes, MEAN_TEXTS)
+    cached = {hook: [] for hook in saes}
+    for text in MEAN_TEXTS:
+        _, cache = model.run_with_cache(model.to_tokens(text), names_filter=list(saes))
+        for hook in saes:
+            cached[hook].append(cache[hook][0, 1:])
+    for hook, sae in saes.items():
+        mean_residual = torch.cat(cached[hook]).mean(0)
+        rebuilt = sae.decode(means.features[hook]) + means.errors[hook]
+        torch.testing.assert_close(rebuilt, mean_residual, rtol=1e-4, atol=1e-5)
+    assert means.n_tokens == sum(model.to_tokens(t).shape[1] - 1 for t in MEAN_TEXTS)
+
+    result = _trace(model, saes, None)
+    out = faithfulness(result, _ids(result.top_nodes(20)), model=model, saes=saes, means=means)
+    tokens = model.to_tokens(PROMPT)
+    prompt = prepare_prompt(model, PROMPT, **KWARGS)
+
+    def to_mean(act, hook):
+        return (sae_means[hook.name]).expand_as(act).clone()
+
+    sae_means = {h: saes[h].decode(means.features[h]) + means.errors[h] for h in saes}
+    with torch.no_grad(), model.hooks([(hook, to_mean) for hook in saes]):
+        residual = final_residual(model, tokens)
+        metric = prompt.metric(logits_at(model, residual, prompt.metric.positions))
+    assert out.metric_empty == pytest.approx(float(metric), abs=1e-4)
+    assert out.metric_full == pytest.approx(result.metric.value, abs=1e-4)
+    # the trace's own (zero) baseline gives another empty circuit
+    zero = faithfulness(result, _ids(result.top_nodes(20)), model=model, saes=saes)
+    assert zero.metric_empty != pytest.approx(out.metric_empty, abs=1e-3)
+    with pytest.raises(ValueError, match="at least one prompt"):
+        mean_activations(model, saes, [])

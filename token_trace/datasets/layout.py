@@ -6,6 +6,7 @@
     DIR/graph_nodes/, graph_edges/    with graphs: each prompt's pruned graph
     DIR/features.parquet              the aggregate per (SAE, feature) and per error layer
     DIR/graph_aggregate_nodes.parquet, graph_aggregate_edges.parquet    with graphs
+    DIR/means.pt                      with mean-ablation faithfulness: the SAEs' dataset means
     DIR/report.html
 
 Each shard's files are written through temporary names and its prompts file last, so a shard is
@@ -59,6 +60,11 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def means(self) -> Path:
+        """The SAEs' mean activations over the prompts (mean-ablation faithfulness)."""
+        return self.root / "means.pt"
 
     def table_dir(self, table: str) -> Path:
         return self.root / table

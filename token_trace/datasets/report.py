@@ -131,7 +131,7 @@ td, th {{ border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: le
 {method} · {result.n_prompts} prompts: {result.n_ok} attributed,
 {result.n_errors} failed{" · BOS nodes left out" if settings.exclude_bos else ""}.</p>
 {"".join(figures)}
-{_graphs(prompts)}
+{_graphs(prompts, settings.faithfulness_baseline)}
 <h2>Top features</h2>
 <table><tr><th>feature</th><th>label</th><th>mean attribution</th><th>mean |attribution|</th>
 <th>active in</th><th>top prompts</th></tr>{feature_rows}</table>
@@ -142,7 +142,7 @@ td, th {{ border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: le
 """
 
 
-def _graphs(prompts: pd.DataFrame) -> str:
+def _graphs(prompts: pd.DataFrame, baseline: str) -> str:
     """The graphs' sizes and, when measured, how much of the metric they recover."""
     if "graph_nodes" not in prompts or not prompts["graph_nodes"].notna().any():
         return ""
@@ -155,7 +155,9 @@ def _graphs(prompts: pd.DataFrame) -> str:
     if len(faithful):
         rest = graphs["graph_complement_faithfulness"].dropna()
         text += (
-            f"; with every other SAE node at its baseline they recover a mean "
+            f"; with every other SAE node at "
+            f"{'its mean over the dataset' if baseline == 'mean' else 'its baseline'} they "
+            f"recover a mean "
             f"{faithful.mean():.0%} (median {faithful.median():.0%}) of the metric, and "
             f"everything but them {rest.mean():.0%}"
         )

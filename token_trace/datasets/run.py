@@ -19,7 +19,7 @@ from token_trace.datasets.layout import FORMAT_VERSION, RunDir, write_table
 from token_trace.datasets.report import write_report
 from token_trace.datasets.result import DatasetResult, read_shards
 from token_trace.datasets.settings import DatasetSettings
-from token_trace.datasets.worker import Shard
+from token_trace.datasets.worker import Shard, ShardWorker
 from token_trace.labels import labels_for
 from token_trace.nodes import LABEL_COLUMN
 from token_trace.records import SAERecord
@@ -101,6 +101,10 @@ def run_settings(
         }
     )
     runner = engine_named(engine, workers, cpus_per_worker, memory_per_worker)
+    if chosen.faithfulness_baseline == "mean":
+        # Every prompt's graph is checked against the same dataset means: computed here, before
+        # any shard, by this process (its model load is the local engine's too).
+        ShardWorker(chosen, run_dir.root).write_means(Shard.of(0, table).records)
     finished = run_dir.finished_shards()
     size = chosen.shard_size
     pending = [

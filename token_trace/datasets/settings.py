@@ -11,18 +11,23 @@ import importlib
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 from token_trace.options import (
     DEFAULT_MODEL,
     GraphOptions,
     TraceOptions,
+    one_of,
     option,
     split_options,
     whole_number,
 )
 
 ENGINES = ("local", "ray")
+#: What a graph's faithfulness holds the nodes outside it at: each prompt's own baseline (zero,
+#: or its counterfactual), or their mean over the dataset's prompts (`circuit.mean_activations`).
+FaithfulnessBaseline = Literal["prompt", "mean"]
+FAITHFULNESS_BASELINES: tuple[str, ...] = get_args(FaithfulnessBaseline)
 
 
 @dataclass(frozen=True)
@@ -50,12 +55,18 @@ class DatasetSettings:
     #: Leave BOS-position nodes out of the aggregates (they are recomputed at every finish).
     exclude_bos: bool = option(False, "aggregate without BOS nodes", const=True)
     #: With graphs: how much of each prompt's metric its pruned graph recovers
-    #: (`Graph.faithfulness`, every other node at the prompt's baseline), per prompt and
-    #: averaged in the report.
+    #: (`Graph.faithfulness`), per prompt and averaged in the report, every other node at the
+    #: prompt's own baseline (zero or its counterfactual) or at its mean over the dataset
+    #: (Sparse Feature Circuits' mean ablation, one forward pass per prompt more beforehand).
     faithfulness: bool = option(
         False,
         "with --graph: measure each graph's faithfulness (4 more forward passes a prompt)",
         const=True,
+    )
+    faithfulness_baseline: FaithfulnessBaseline = option(
+        "prompt",
+        "with --faithfulness: nodes outside the graph at the prompt's baseline, or at their "
+        "mean over the dataset",
     )
     #: "package.module:function" building the model and SAEs instead of loading them by name:
     #: `function(device)` returns `(HookedTransformer, {hook_name: SAE})`. For models the
@@ -78,6 +89,9 @@ class DatasetSettings:
             self.trace.check_graphable()
         if self.faithfulness and self.graph is None:
             raise ValueError("faithfulness is measured on each prompt's graph: pass graph=True.")
+        one_of(self.faithfulness_baseline, "faithfulness baseline", FAITHFULNESS_BASELINES)
+        if self.faithfulness_baseline == "mean" and not self.faithfulness:
+            raise ValueError("faithfulness_baseline='mean' applies with faithfulness=True.")
         if self.loader is not None and not re.fullmatch(r"[\w.]+:\w+", self.loader):
             raise ValueError(f"loader must be 'package.module:function', got {self.loader!r}.")
 

@@ -24,9 +24,10 @@ import pyarrow as pa
 import torch
 
 from token_trace.attribution import AttributionRun
-from token_trace.circuit import Faithfulness
+from token_trace.circuit import Faithfulness, MeanActivations, mean_activations
 from token_trace.datasets.layout import RunDir, write_table
 from token_trace.datasets.settings import DatasetSettings
+from token_trace.files import write_atomically
 from token_trace.graph import EDGE_COLUMNS, Graph, graph_from_run
 from token_trace.nodes import COLUMNS
 from token_trace.options import PromptSpec
@@ -158,6 +159,27 @@ class ShardWorker:
             model, saes = build(settings.device)
             self.loaded = resolve(model, saes, settings.trace)
         self.model = self.loaded.model
+        self._means: MeanActivations | None = None
+
+    @property
+    def means(self) -> MeanActivations | None:
+        """The dataset means faithfulness holds outside nodes at (None: the prompt's baseline),
+        read once from the run folder, where `write_means` put them before any shard ran."""
+        if self.settings.faithfulness_baseline != "mean":
+            return None
+        if self._means is None:
+            self._means = MeanActivations(**torch.load(self.out.means, map_location="cpu"))
+        return self._means
+
+    def write_means(self, records: Sequence[dict]) -> None:
+        """The SAEs' mean features and errors over the records' prompts (those the run can
+        attribute: not empty, not too long), written once for mean-ablation faithfulness; a
+        resumed run reads them back."""
+        if self.out.means.is_file():
+            return
+        texts = [r["text"] for r in records if self._averaged(r)]
+        means = mean_activations(self.model, self.loaded.saes, texts)
+        write_atomically(self.out.means, lambda path: torch.save(vars(means), path))
 
     def run(self, shard: Shard) -> dict[str, object]:
         """Attribute the shard, write its files (prompts last), and say how it went."""
@@ -205,6 +227,13 @@ class ShardWorker:
         for batch in batches:
             outcomes.update(self._run_batch(records, batch))
         return [outcomes[slot] for slot in range(len(records))]
+
+    def _averaged(self, record: dict) -> bool:
+        """Whether a record's prompt counts in the dataset means: one the run can attribute."""
+        if record.get("problem") or not record.get("text") or self._too_long(record):
+            return False
+        n_tokens = tokenizer_length(self.model, record["text"])
+        return n_tokens is None or n_tokens <= self.model.cfg.n_ctx
 
     def _too_long(self, record: dict) -> str | None:
         limit = self.settings.max_tokens
@@ -258,7 +287,7 @@ class ShardWorker:
                 graph = None if chosen_graph is None else graph_from_run(result, run, chosen_graph)
                 check = None
                 if graph is not None and self.settings.faithfulness:
-                    check = graph.faithfulness(model=run.model, saes=run.saes)
+                    check = graph.faithfulness(model=run.model, saes=run.saes, means=self.means)
                 done[slot] = _Outcome(record, trace=result, graph=graph, faithfulness=check)
             return done
         return done
