@@ -175,6 +175,7 @@ def flow_figure(
     records = nodes.to_dict("records")
     texts = [_text(node_label(n)[:28]) if n["node_id"] in labelled else "" for n in records]
     opacity = [1.0 if selected is None or n["node_id"] in neighbours else 0.2 for n in records]
+    rings = [_ring(n["node_id"], selected, pinned) for n in records]
     fig.add_scatter(
         x=place.loc[nodes["node_id"], "x"],
         y=place.loc[nodes["node_id"], "y"],
@@ -190,12 +191,7 @@ def flow_figure(
             "color": [signed_colour(v) for v in nodes["attribution"].fillna(0.0)],
             "symbol": [SYMBOLS[str(kind)] for kind in nodes["node_type"]],
             "opacity": opacity,
-            "line": {
-                "color": [_ring(n["node_id"], selected, pinned) for n in records],
-                "width": [
-                    1 if _ring(n["node_id"], selected, pinned) == "white" else 3 for n in records
-                ],
-            },
+            "line": {"color": rings, "width": [1 if ring == "white" else 3 for ring in rings]},
         },
         showlegend=False,
     )

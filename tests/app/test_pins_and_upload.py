@@ -108,7 +108,7 @@ def test_bad_pins_get_clear_messages(page: Page, built: dict) -> None:
     with pytest.raises(ValueError, match=f"At most {MAX_PINS} pinned"):
         parse_pins(",".join(f"1_{i}_0" for i in range(MAX_PINS + 1)))
     assert parse_pins(" 1_2_3 ,1_2_3, E_5_0,") == ("1_2_3", "E_5_0")  # once each, in order
-    assert toggle_pin("1_2_3", "1_2_3") == ""
+    assert toggle_pin(("1_2_3",), "1_2_3") == ()
     far = "1_99999_0"  # not among the computed nodes
     with pytest.raises(ValueError, match=f"{far}: not among this graph's"):
         page.redraw(built["graph_run"], GraphChoice(pinned=(far,)))

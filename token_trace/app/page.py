@@ -330,7 +330,7 @@ class Page:
         """The selected node pinned (or unpinned when it was), and the graph redrawn."""
         if graph_run is None:
             raise ValueError("Build the graph first: pins are nodes of the graph.")
-        pinned = parse_pins(toggle_pin(", ".join(choice.pinned), node))
+        pinned = toggle_pin(choice.pinned, node)
         return {
             "pinned": ", ".join(pinned),
             **self.redraw(graph_run, replace(choice, pinned=pinned)),

@@ -432,13 +432,14 @@ def parse_pins(text: str) -> tuple[str, ...]:
     return pins
 
 
-def toggle_pin(text: str, node: str | None) -> str:
-    """The pinned box with `node` added, or removed when it is pinned already."""
+def toggle_pin(pins: Sequence[str], node: str | None) -> tuple[str, ...]:
+    """The pins with `node` added (checked as a typed pin is), or removed when it is pinned
+    already."""
     if not node:
         raise ValueError("Select a node first: click one in the graph (or a row of the table).")
-    pins = parse_pins(text)
-    chosen = tuple(pin for pin in pins if pin != node) if node in pins else (*pins, node)
-    return ", ".join(parse_pins(",".join(chosen)))
+    if node in pins:
+        return tuple(pin for pin in pins if pin != node)
+    return parse_pins(",".join((*pins, node)))
 
 
 # --------------------------------------------------------------------------- examples

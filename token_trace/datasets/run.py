@@ -101,9 +101,10 @@ def run_settings(
         }
     )
     runner = engine_named(engine, workers, cpus_per_worker, memory_per_worker)
-    if chosen.faithfulness_baseline == "mean":
+    if chosen.faithfulness_baseline == "mean" and not run_dir.means.is_file():
         # Every prompt's graph is checked against the same dataset means: computed here, before
-        # any shard, by this process (its model load is the local engine's too).
+        # any shard, by this process (its model load is the local engine's too); a resumed run
+        # has them already and loads no model for them.
         ShardWorker(chosen, run_dir.root).write_means(Shard.of(0, table).records)
     finished = run_dir.finished_shards()
     size = chosen.shard_size

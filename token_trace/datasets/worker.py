@@ -173,10 +173,7 @@ class ShardWorker:
 
     def write_means(self, records: Sequence[dict]) -> None:
         """The SAEs' mean features and errors over the records' prompts (those the run can
-        attribute: not empty, not too long), written once for mean-ablation faithfulness; a
-        resumed run reads them back."""
-        if self.out.means.is_file():
-            return
+        attribute: not empty, not too long), for mean-ablation faithfulness."""
         texts = [r["text"] for r in records if self._averaged(r)]
         means = mean_activations(self.model, self.loaded.saes, texts)
         write_atomically(self.out.means, lambda path: torch.save(vars(means), path))
